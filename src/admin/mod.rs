@@ -1,0 +1,186 @@
+//! The admin listener: health, readiness, metrics, reloads and the /v1 API.
+//!
+//! Small and boring on purpose: a plain `match` on method and path, JSON
+//! bodies, and errors as `{"error": "<one sentence>"}` with the statuses of
+//! SPEC §3. Writes need the bearer token when one is configured; /v1 reads
+//! need it too when the admin listener is not on loopback.
+
+mod api;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::table::Publisher;
+
+/// What the admin handlers read.
+#[derive(Debug)]
+pub struct AdminState {
+    pub publisher: Arc<Publisher>,
+    pub metrics: Metrics,
+    pub reloader: Reloader,
+    /// False until listeners are bound, and again while draining.
+    pub ready: Arc<AtomicBool>,
+    /// The admin listener's own address (decides whether reads need a token).
+    pub listen: SocketAddr,
+}
+
+/// The admin hyper service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    state: Arc<AdminState>,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<AdminState>) -> AdminService {
+        AdminService { state }
+    }
+}
+
+pub type AdminResponse = Response<Full<Bytes>>;
+
+impl hyper::service::Service<Request<Incoming>> for AdminService {
+    type Response = AdminResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<AdminResponse, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        Box::pin(async move { Ok(route(&state, req).await) })
+    }
+}
+
+async fn route(state: &AdminState, req: Request<Incoming>) -> AdminResponse {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match segments.as_slice() {
+        ["healthz"] => only_get(&method, || text(StatusCode::OK, "ok\n")),
+        ["readyz"] => only_get(&method, || readiness(state)),
+        ["metrics"] => only_get(&method, || metrics(state)),
+        ["v1", rest @ ..] => {
+            if let Err(resp) = authorize(state, &req) {
+                return *resp;
+            }
+            api::handle(state, &method, rest, req).await
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+    }
+}
+
+fn only_get(method: &Method, answer: impl FnOnce() -> AdminResponse) -> AdminResponse {
+    if *method == Method::GET || *method == Method::HEAD {
+        answer()
+    } else {
+        method_not_allowed("GET")
+    }
+}
+
+fn readiness(state: &AdminState) -> AdminResponse {
+    if state.ready.load(Ordering::Relaxed) {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+fn metrics(state: &AdminState) -> AdminResponse {
+    let table = state.publisher.table().load_full();
+    let body = state.metrics.render(table.backends());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// Writes always need the token when one is set; reads need it when the
+/// admin listener is reachable from beyond loopback.
+fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<AdminResponse>> {
+    let config = state.publisher.config();
+    let Some(token) = config.admin.token.as_deref() else {
+        return Ok(());
+    };
+    let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
+    if is_read && state.listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )))
+    }
+}
+
+/// Compare without an early exit, so timing reveals nothing of the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &byte) in b.iter().enumerate() {
+        diff |= usize::from(byte ^ a.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub fn error(status: StatusCode, message: &str) -> AdminResponse {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+pub fn method_not_allowed(allow: &'static str) -> AdminResponse {
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> AdminResponse {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret-longer", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}

@@ -1,0 +1,206 @@
+//! Composition root: binds listeners, builds the shared state, runs until
+//! shutdown, then drains.
+//!
+//! `App::bind` does everything that can fail at start-up (binding sockets)
+//! so that `main` can report it in one line; `App::run` serves until the
+//! given shutdown future resolves, then stops accepting, turns /readyz to
+//! 503, and waits up to `drain_timeout` for open connections to finish.
+//! Tests start the real thing on `127.0.0.1:0` through the same two calls.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::admin::{AdminService, AdminState};
+use crate::config::Config;
+use crate::listener::{self, ConnTimeouts, Listener};
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxyService};
+use crate::reload::Reloader;
+use crate::table::Publisher;
+
+/// Admin connections allowed at once (the admin API is for operators and scrapers).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A bound, not yet serving, Switchyard.
+#[derive(Debug)]
+pub struct App {
+    config: Arc<Config>,
+    metrics: Metrics,
+    publisher: Arc<Publisher>,
+    reloader: Reloader,
+    proxy_sockets: Vec<TcpListener>,
+    admin_socket: TcpListener,
+    ready: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Bind every listener and build the first table.
+    pub async fn bind(config: Config) -> Result<App, StartError> {
+        let config = Arc::new(config);
+        let bind = |addr: SocketAddr| {
+            listener::bind(addr).map_err(|source| StartError::Bind { addr, source })
+        };
+        let proxy_sockets = config
+            .proxy
+            .listen
+            .iter()
+            .map(|&addr| bind(addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin_socket = bind(config.admin.listen)?;
+        let metrics = Metrics::new();
+        let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
+        let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone());
+        Ok(App {
+            config,
+            metrics,
+            publisher,
+            reloader,
+            proxy_sockets,
+            admin_socket,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The plain proxy listeners' real addresses, in config order.
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        self.proxy_sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_socket
+            .local_addr()
+            .unwrap_or(self.config.admin.listen)
+    }
+
+    /// A handle to trigger reloads (SIGHUP wiring in `main`).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then drain and return.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (stop_proxy, proxy_stopped) = watch::channel(false);
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let max_connections = self.config.proxy.max_connections;
+        let permits = Arc::new(Semaphore::new(max_connections));
+        self.spawn_proxy_listeners(&permits, proxy_stopped);
+        let admin_permits = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+        self.spawn_admin_listener(&admin_permits, admin_stopped);
+        let _watcher = self.reloader.watch_file();
+        self.ready.store(true, Ordering::Relaxed);
+
+        shutdown.await;
+        self.ready.store(false, Ordering::Relaxed);
+        tracing::info!(drain_timeout = ?self.config.proxy.drain_timeout, "shutting down: draining connections");
+        let _ = stop_proxy.send(true);
+        let timeout = self.config.proxy.drain_timeout;
+        if !listener::drained(&permits, max_connections, timeout).await {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+        }
+        let _ = stop_admin.send(true);
+        listener::drained(
+            &admin_permits,
+            ADMIN_MAX_CONNECTIONS,
+            std::time::Duration::from_secs(1),
+        )
+        .await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    fn spawn_proxy_listeners(&self, permits: &Arc<Semaphore>, stopped: watch::Receiver<bool>) {
+        let cfg = &self.config.proxy;
+        let proxy = Arc::new(Proxy {
+            table: Arc::clone(self.publisher.table()),
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            body_idle_timeout: cfg.body_idle_timeout,
+            max_body_bytes: cfg.max_body_bytes,
+            tls: false,
+        });
+        let builder = Arc::new(listener::http_builder(cfg));
+        let timeouts = ConnTimeouts {
+            first_byte: cfg.header_read_timeout,
+            idle: cfg.idle_timeout,
+        };
+        for socket in &self.proxy_sockets {
+            let Ok(addr) = socket.local_addr() else {
+                continue;
+            };
+            let Ok(socket) = clone_listener(socket) else {
+                continue;
+            };
+            tracing::info!("proxy listening on {addr}");
+            let proxy = Arc::clone(&proxy);
+            let l = Listener {
+                socket,
+                builder: Arc::clone(&builder),
+                make_service: move |peer| ProxyService::new(Arc::clone(&proxy), peer),
+                permits: Arc::clone(permits),
+                connections_open: self.metrics.connections_open(&addr.to_string()),
+                timeouts,
+                shutdown: stopped.clone(),
+            };
+            tokio::spawn(l.run());
+        }
+    }
+
+    fn spawn_admin_listener(&self, permits: &Arc<Semaphore>, stopped: watch::Receiver<bool>) {
+        let addr = self.admin_addr();
+        let Ok(socket) = clone_listener(&self.admin_socket) else {
+            return;
+        };
+        let state = Arc::new(AdminState {
+            publisher: Arc::clone(&self.publisher),
+            metrics: self.metrics.clone(),
+            reloader: self.reloader.clone(),
+            ready: Arc::clone(&self.ready),
+            listen: addr,
+        });
+        tracing::info!("admin listening on {addr}");
+        let builder = Arc::new(listener::http_builder(&self.config.proxy));
+        let l = Listener {
+            socket,
+            builder,
+            make_service: move |_peer| AdminService::new(Arc::clone(&state)),
+            permits: Arc::clone(permits),
+            connections_open: self.metrics.connections_open(&addr.to_string()),
+            timeouts: ConnTimeouts {
+                first_byte: self.config.proxy.header_read_timeout,
+                idle: self.config.proxy.idle_timeout,
+            },
+            shutdown: stopped,
+        };
+        tokio::spawn(l.run());
+    }
+}
+
+/// A second handle on a bound socket, so `App` keeps reporting its address
+/// while the accept loop owns the other.
+fn clone_listener(socket: &TcpListener) -> io::Result<TcpListener> {
+    let std_socket = socket2::SockRef::from(socket).try_clone()?;
+    let std_listener: std::net::TcpListener = std_socket.into();
+    std_listener.set_nonblocking(true)?;
+    TcpListener::from_std(std_listener)
+}

@@ -1,0 +1,235 @@
+//! A backend: one upstream instance of a service, and its live state.
+//!
+//! A [`Backend`] is shared as an `Arc` that outlives table rebuilds: the
+//! publisher keys it by service and identity, so a backend that stays in the
+//! config (or stays registered) keeps its in-flight count, health and metric
+//! handles across a reload. Everything that changes while requests run is an
+//! atomic, so the request path never locks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use http::uri::Authority;
+use prometheus::IntCounter;
+
+/// Who declared a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Config,
+    Registry,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Registry => "registry",
+        }
+    }
+}
+
+/// Health as the checkers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Unknown = 0,
+    Healthy = 1,
+    Unhealthy = 2,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+
+    fn from_u8(v: u8) -> Health {
+        match v {
+            0 => Health::Unknown,
+            1 => Health::Healthy,
+            _ => Health::Unhealthy,
+        }
+    }
+}
+
+/// Per-backend counters resolved once, when the backend is created, so the
+/// request path never looks up a label.
+#[derive(Debug, Clone)]
+pub struct BackendCounters {
+    pub ok: IntCounter,
+    pub error: IntCounter,
+    pub timeout: IntCounter,
+}
+
+/// One upstream instance.
+#[derive(Debug)]
+pub struct Backend {
+    /// The service it belongs to.
+    pub service: Arc<str>,
+    /// Instance id: the address for configured backends, the registered id otherwise.
+    pub id: Arc<str>,
+    /// `host:port` as declared; the `backend` metric label.
+    pub address: Arc<str>,
+    /// Where connections go.
+    pub resolved: SocketAddr,
+    /// Pre-built URI authority, cloned (a refcount bump) into every upstream URI.
+    pub authority: Authority,
+    pub source: Source,
+    pub counters: BackendCounters,
+    /// Balancing weight; atomic because a re-registration may change it in place.
+    weight: AtomicU32,
+    /// Requests in flight, counted until the response body has finished.
+    active: AtomicU32,
+    health: AtomicU8,
+    /// Deregistered or expired: no new requests; listed until `active` drains.
+    draining: AtomicBool,
+}
+
+impl Backend {
+    /// A backend starts with weight as given, no requests, health `Healthy`
+    /// (callers with active checks set `Unknown` before publishing it).
+    pub fn new(
+        service: Arc<str>,
+        id: Arc<str>,
+        address: Arc<str>,
+        resolved: SocketAddr,
+        weight: u32,
+        source: Source,
+        counters: BackendCounters,
+    ) -> Backend {
+        let authority = authority_for(resolved);
+        Backend {
+            service,
+            id,
+            address,
+            resolved,
+            authority,
+            source,
+            counters,
+            weight: AtomicU32::new(weight.max(1)),
+            active: AtomicU32::new(0),
+            health: AtomicU8::new(Health::Healthy as u8),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
+    pub fn active_requests(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    pub fn set_health(&self, health: Health) {
+        self.health.store(health as u8, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Whether the balancer may pick it.
+    pub fn is_ready(&self) -> bool {
+        self.health() == Health::Healthy && !self.is_draining()
+    }
+
+    /// Count one request in flight until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard {
+            backend: Arc::clone(self),
+        }
+    }
+}
+
+/// The URI authority for a socket address (`127.0.0.1:9001`, `[::1]:9001`).
+fn authority_for(addr: SocketAddr) -> Authority {
+    // Display of a SocketAddr is always a valid authority.
+    Authority::try_from(addr.to_string().as_str())
+        .unwrap_or_else(|_| Authority::from_static("invalid.invalid"))
+}
+
+/// RAII in-flight count: dropping it ends the request for least-conn and the
+/// active-requests gauge. It rides in the response body, so a streamed body
+/// counts until its last byte (or the client's abort).
+#[derive(Debug)]
+pub struct ActiveGuard {
+    backend: Arc<Backend>,
+}
+
+impl ActiveGuard {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A backend for unit tests, with detached counters.
+    pub fn backend(address: &str, weight: u32) -> Arc<Backend> {
+        let resolved: SocketAddr = address
+            .parse()
+            .unwrap_or_else(|_| ([127, 0, 0, 1], 1).into());
+        let counter = || IntCounter::new("t", "t").expect("static metric");
+        Arc::new(Backend::new(
+            Arc::from("svc"),
+            Arc::from(address),
+            Arc::from(address),
+            resolved,
+            weight,
+            Source::Config,
+            BackendCounters {
+                ok: counter(),
+                error: counter(),
+                timeout: counter(),
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::backend;
+
+    #[test]
+    fn guard_counts_in_flight() {
+        let b = backend("127.0.0.1:9001", 1);
+        let g1 = b.start_request();
+        let g2 = b.start_request();
+        assert_eq!(b.active_requests(), 2);
+        drop(g1);
+        assert_eq!(b.active_requests(), 1);
+        drop(g2);
+        assert_eq!(b.active_requests(), 0);
+    }
+
+    #[test]
+    fn authority_is_the_socket_address() {
+        let b = backend("127.0.0.1:9001", 1);
+        assert_eq!(b.authority.as_str(), "127.0.0.1:9001");
+    }
+}

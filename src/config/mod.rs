@@ -1,0 +1,261 @@
+//! Configuration: the validated, domain-typed view of `switchyard.toml`.
+//!
+//! Loading is two-staged. [`raw`] mirrors the TOML one to one with serde
+//! (`deny_unknown_fields`, enums for closed sets, `toml::Spanned` where a later
+//! check needs the position); [`validate`] turns that mirror into the types below
+//! and collects *every* error, each carrying file, line, column and key. Nothing
+//! outside this module sees the raw mirror, and nothing here does I/O beyond
+//! reading the file and resolving host names.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use validate::{ConfigError, ConfigErrors};
+
+/// Where the embedded default puts the proxy listener.
+pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8080";
+/// Where the embedded default puts the admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from; `None` for the embedded default. Reloads re-read it.
+    pub path: Option<PathBuf>,
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub registry: RegistryConfig,
+    /// Declared services by name (BTreeMap: stable order in listings and metrics).
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Routes in file order; precedence is decided by `routing`, not by order.
+    pub routes: Vec<RouteConfig>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Plain HTTP/1.1 + h2c listeners. Default `["0.0.0.0:8080"]`.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners (`[[proxy.tls]]`).
+    pub tls: Vec<TlsListenerConfig>,
+    /// Default 10 s: time to receive a complete request head.
+    pub header_read_timeout: Duration,
+    /// Default 60 s: a client connection with no request in flight and no bytes moving is closed.
+    pub idle_timeout: Duration,
+    /// Default 32768: larger header sections get 431.
+    pub max_header_bytes: usize,
+    /// Default 100: more header fields get 431.
+    pub max_headers: usize,
+    /// Default 30 s: a body (either direction) that moves no byte for this long is aborted.
+    pub body_idle_timeout: Duration,
+    /// Default 0 = unlimited; larger request bodies get 413.
+    pub max_body_bytes: u64,
+    /// Default empty: peers whose X-Forwarded-For is kept and appended to.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Default 10000: at this many open client connections, accepting pauses.
+    pub max_connections: usize,
+    /// Default 30 s: how long graceful shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Default 0 = one runtime worker thread per core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsListenerConfig {
+    pub listen: SocketAddr,
+    /// Certificate/key pairs, chosen by SNI; the first is the default. Paths are
+    /// already made absolute (relative ones are relative to the config file's folder).
+    pub certs: Vec<CertPair>,
+    /// Default `["h2", "http/1.1"]`.
+    pub alpn: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:9091`.
+    pub listen: SocketAddr,
+    /// From `token`, or the environment variable named by `token_env` (read at load).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryConfig {
+    /// Default 30 s.
+    pub default_ttl: Duration,
+    pub store: StoreConfig,
+    /// `None` = any unicast address (the always-refused classes stay refused).
+    pub allowed_networks: Option<Vec<IpNet>>,
+    /// Default true.
+    pub allow_new_services: bool,
+    /// Default 10000.
+    pub max_instances_per_service: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Memory,
+    /// Absolute path (relative paths resolved against the config file's folder).
+    File(PathBuf),
+    /// `etcd://host:port/prefix`, kept verbatim.
+    Etcd(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BalancePolicy {
+    RoundRobin,
+    LeastConn,
+}
+
+impl BalancePolicy {
+    /// The config spelling, also used in the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalancePolicy::RoundRobin => "round_robin",
+            BalancePolicy::LeastConn => "least_conn",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2c,
+    Https,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Default round robin.
+    pub balance: BalancePolicy,
+    pub backends: Vec<BackendConfig>,
+    /// Default http1.
+    pub protocol: UpstreamProtocol,
+    /// Default 1 s, per connection attempt.
+    pub connect_timeout: Duration,
+    /// Default 30 s, the whole request including retries (until response headers).
+    pub request_timeout: Duration,
+    /// Default none: bound on each attempt.
+    pub try_timeout: Option<Duration>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub retry: RetryConfig,
+    pub outlier: Option<OutlierConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// `host:port` exactly as written; this is the backend's identity and metric label.
+    pub address: String,
+    /// The address it resolved to at load time.
+    pub resolved: SocketAddr,
+    /// Default 1; 1..=1000.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    /// Default "/healthz".
+    pub path: String,
+    /// Optional Host header for HTTP checks.
+    pub host: Option<String>,
+    /// Default 2 s.
+    pub interval: Duration,
+    /// Default 1 s.
+    pub timeout: Duration,
+    /// Default 2.
+    pub healthy_threshold: u32,
+    /// Default 3.
+    pub unhealthy_threshold: u32,
+    /// Default 200..=399 (inclusive).
+    pub expect_status: (u16, u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    ConnectError,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Default 1: extra tries after the first.
+    pub attempts: u32,
+    /// Default connect_error, reset, 502, 503, 504.
+    pub on: Vec<RetryOn>,
+    /// Default true.
+    pub idempotent_only: bool,
+    /// Default 20.
+    pub budget_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    /// Default 5.
+    pub consecutive_failures: u32,
+    /// Default 30 s; the n-th ejection lasts n × this (capped at 10×).
+    pub base_ejection: Duration,
+    /// Default 50.
+    pub max_ejected_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Lower-cased, port stripped; exact (`api.example.com`) or wildcard (`*.example.com`).
+    pub host: Option<String>,
+    /// Default "/".
+    pub path_prefix: String,
+    pub service: String,
+    /// Default false.
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// Read, parse and validate a file. Every problem found is returned at once.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        validate::load_file(path)
+    }
+
+    /// Parse and validate TOML text; `origin` names it in errors and anchors
+    /// relative paths (its parent folder), as if it were the file's path.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+        validate::parse_str(text, origin)
+    }
+
+    /// The embedded default: proxy on 0.0.0.0:8080, admin on 127.0.0.1:9091, no services.
+    pub fn embedded_default() -> Config {
+        validate::embedded_default()
+    }
+}

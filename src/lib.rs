@@ -1,0 +1,37 @@
+//! Switchyard: an HTTP reverse-proxy load balancer with a built-in service
+//! registry.
+//!
+//! Requests come in on the proxy listeners, are routed by host and path to a
+//! service, balanced over that service's ready backends, and forwarded through
+//! pooled upstream connections; everything the request path reads is one
+//! immutable [`table::Table`] swapped in atomically whenever the config (or,
+//! later, the registry and health checkers) changes.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML contract, parsed strictly and validated with line:column errors.
+//! - [`app`]: composition root — binds listeners, builds state, runs, drains.
+//! - [`table`]: the published snapshot and its single writer, the publisher.
+//! - [`backend`]: one upstream instance and its live atomics (in-flight, health).
+//! - [`balance`]: selection policies (round robin, least connections).
+//! - [`routing`]: host and path-prefix precedence.
+//! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
+//! - [`listener`]: accept loops, connection limits, idle timeouts, graceful close.
+//! - [`admin`]: /healthz, /readyz, /metrics and the /v1 API.
+//! - [`metrics`]: the owned Prometheus registry and pre-resolved handles.
+//! - [`reload`]: config reloads from SIGHUP, file changes and the admin API.
+//! - [`shutdown`]: process signals.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod backend;
+pub mod balance;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod shutdown;
+pub mod table;

@@ -1,0 +1,156 @@
+//! The `switchyard` command: serve, check, version. Only wiring lives here:
+//! parse the command line, set up logging, load the config, build the
+//! runtime, and turn any start-up failure into one line and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::app::App;
+use switchyard::config::{Config, LogFormat};
+
+/// Where `serve` looks for a config when none is given.
+const DEFAULT_CONFIG: &str = "config/switchyard.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "HTTP reverse-proxy load balancer with a built-in service registry"
+)]
+struct Cli {
+    /// Log format on stderr (also `[log] format` in the config).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<CliLogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file; defaults to ./config/switchyard.toml if it exists, else the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file: exit 0 when valid, 1 with every error on stderr.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => serve(config, cli.log_format),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {
+    let path = path.or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        default.exists().then_some(default)
+    });
+    let config = match &path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::embedded_default()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(errors) => {
+            init_logging(log_format.map_or(LogFormat::Text, to_format));
+            eprintln!("switchyard: invalid config:\n{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(log_format.map_or(config.log.format, to_format));
+    match &path {
+        Some(p) => tracing::info!(config = %p.display(), "config loaded"),
+        None => tracing::info!("no config file; running on the embedded default"),
+    }
+    let runtime = match build_runtime(config.proxy.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let app = match App::bind(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    switchyard::shutdown::reload_on_hangup(app.reloader());
+    match app.run(switchyard::shutdown::terminate()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One worker runs everything on the current thread (cheapest per request);
+/// more use the multi-threaded scheduler; 0 means one per core.
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 1 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
+}
+
+fn to_format(f: CliLogFormat) -> LogFormat {
+    match f {
+        CliLogFormat::Text => LogFormat::Text,
+        CliLogFormat::Json => LogFormat::Json,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}

@@ -1,0 +1,283 @@
+//! Prometheus metrics: one owned registry per App (no global registry, so tests
+//! can run several Apps in one process) and typed handles.
+//!
+//! The request path only touches pre-resolved handles: a backend's counters are
+//! resolved when it enters the table, a service's when the service first
+//! appears, and per-status-code counters are resolved lazily once per code.
+//! Gauges that mirror live atomics (`backend_active_requests`, `backend_up`)
+//! are refreshed at scrape time instead of on every request.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::backend::{Backend, BackendCounters};
+
+/// Buckets for request durations: 1 ms to 30 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// All metric families of one App.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests_total: IntCounterVec,
+    request_duration: HistogramVec,
+    backend_requests: IntCounterVec,
+    backend_up: IntGaugeVec,
+    backend_active: IntGaugeVec,
+    pub health_checks: IntCounterVec,
+    retries: IntCounterVec,
+    pub registry_instances: IntGaugeVec,
+    connections_open: IntGaugeVec,
+    config_reloads: IntCounterVec,
+}
+
+/// A service's handles, shared by every table that holds the service.
+#[derive(Debug)]
+pub struct ServiceMetrics {
+    service: String,
+    requests_total: IntCounterVec,
+    /// Index = status code − 100, resolved on first use.
+    by_code: Box<[OnceLock<IntCounter>]>,
+    pub duration: Histogram,
+    pub retries: IntCounter,
+}
+
+impl ServiceMetrics {
+    /// Count one answered request with this status code.
+    pub fn count_response(&self, status: u16) {
+        let Some(slot) = status
+            .checked_sub(100)
+            .and_then(|i| self.by_code.get(usize::from(i)))
+        else {
+            return;
+        };
+        slot.get_or_init(|| {
+            let digits = status_digits(status);
+            let code = std::str::from_utf8(&digits).unwrap_or("000");
+            self.requests_total
+                .with_label_values(&[&self.service, code])
+        })
+        .inc();
+    }
+}
+
+/// The three ASCII digits of a status code.
+fn status_digits(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            requests_total: counter_vec(
+                "switchyard_requests_total",
+                "Requests answered, by service and status code.",
+                &["service", "code"],
+            ),
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchyard_request_duration_seconds",
+                    "Time from request received to response finished.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["service"],
+            )
+            .expect("static metric definition"),
+            backend_requests: counter_vec(
+                "switchyard_backend_requests_total",
+                "Attempts sent to a backend, by outcome.",
+                &["service", "backend", "outcome"],
+            ),
+            backend_up: gauge_vec(
+                "switchyard_backend_up",
+                "1 when the backend may receive traffic.",
+                &["service", "backend"],
+            ),
+            backend_active: gauge_vec(
+                "switchyard_backend_active_requests",
+                "Requests in flight to the backend.",
+                &["service", "backend"],
+            ),
+            health_checks: counter_vec(
+                "switchyard_health_checks_total",
+                "Active health checks, by result.",
+                &["service", "backend", "result"],
+            ),
+            retries: counter_vec(
+                "switchyard_retries_total",
+                "Retried attempts.",
+                &["service"],
+            ),
+            registry_instances: gauge_vec(
+                "switchyard_registry_instances",
+                "Registered instances (configured backends not counted).",
+                &["service"],
+            ),
+            connections_open: gauge_vec(
+                "switchyard_connections_open",
+                "Open client connections, by listener.",
+                &["listener"],
+            ),
+            config_reloads: counter_vec(
+                "switchyard_config_reloads_total",
+                "Config reloads, by result.",
+                &["result"],
+            ),
+            registry,
+        };
+        let build_info = gauge_vec(
+            "switchyard_build_info",
+            "Always 1; the version label names the build.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for collector in m.collectors().chain(std::iter::once(
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>
+        )) {
+            m.registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        m
+    }
+
+    fn collectors(&self) -> impl Iterator<Item = Box<dyn prometheus::core::Collector>> {
+        let list: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.requests_total.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.backend_requests.clone()),
+            Box::new(self.backend_up.clone()),
+            Box::new(self.backend_active.clone()),
+            Box::new(self.health_checks.clone()),
+            Box::new(self.retries.clone()),
+            Box::new(self.registry_instances.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.config_reloads.clone()),
+        ];
+        list.into_iter()
+    }
+
+    pub fn service(&self, service: &str) -> Arc<ServiceMetrics> {
+        Arc::new(ServiceMetrics {
+            service: service.to_owned(),
+            requests_total: self.requests_total.clone(),
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            duration: self.request_duration.with_label_values(&[service]),
+            retries: self.retries.with_label_values(&[service]),
+        })
+    }
+
+    pub fn backend_counters(&self, service: &str, backend: &str) -> BackendCounters {
+        let outcome = |o: &str| {
+            self.backend_requests
+                .with_label_values(&[service, backend, o])
+        };
+        BackendCounters {
+            ok: outcome("ok"),
+            error: outcome("error"),
+            timeout: outcome("timeout"),
+        }
+    }
+
+    /// Drop the series of a backend that left the table for good.
+    pub fn forget_backend(&self, service: &str, backend: &str) {
+        for outcome in ["ok", "error", "timeout"] {
+            let _ = self
+                .backend_requests
+                .remove_label_values(&[service, backend, outcome]);
+        }
+        for result in ["success", "failure"] {
+            let _ = self
+                .health_checks
+                .remove_label_values(&[service, backend, result]);
+        }
+        let _ = self.backend_up.remove_label_values(&[service, backend]);
+        let _ = self.backend_active.remove_label_values(&[service, backend]);
+    }
+
+    pub fn connections_open(&self, listener: &str) -> IntGauge {
+        self.connections_open.with_label_values(&[listener])
+    }
+
+    pub fn count_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Render the text exposition, first copying live backend state into gauges.
+    pub fn render<'a>(&self, backends: impl Iterator<Item = &'a Arc<Backend>>) -> String {
+        for b in backends {
+            let labels = [&*b.service, &*b.address];
+            self.backend_active
+                .with_label_values(&labels)
+                .set(i64::from(b.active_requests()));
+            self.backend_up
+                .with_label_values(&labels)
+                .set(i64::from(b.is_ready()));
+        }
+        let mut out = Vec::with_capacity(8192);
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_become_labels() {
+        let m = Metrics::new();
+        let s = m.service("users");
+        s.count_response(200);
+        s.count_response(200);
+        s.count_response(503);
+        s.count_response(42); // out of range: ignored, not a panic
+        let text = m.render(std::iter::empty());
+        assert!(text.contains(r#"switchyard_requests_total{code="200",service="users"} 2"#));
+        assert!(text.contains(r#"switchyard_requests_total{code="503",service="users"} 1"#));
+        assert!(text.contains("switchyard_build_info{version="));
+    }
+
+    #[test]
+    fn reloads_are_counted_by_result() {
+        let m = Metrics::new();
+        m.count_reload(true);
+        m.count_reload(false);
+        m.count_reload(false);
+        let text = m.render(std::iter::empty());
+        assert!(text.contains(r#"switchyard_config_reloads_total{result="error"} 2"#));
+        assert!(text.contains(r#"switchyard_config_reloads_total{result="ok"} 1"#));
+    }
+}

@@ -1,0 +1,250 @@
+//! Body wrappers for both directions of a proxied request.
+//!
+//! Bodies stream frame by frame; nothing here buffers a body whole.
+//! [`UpstreamBody`] carries the client's body to a backend, enforcing
+//! `max_body_bytes` and `body_idle_timeout`. [`ProxyBody`] carries the answer
+//! to the client: a backend's body (with the same idle timeout and the
+//! [`RequestGuard`] that counts the request in flight until the last frame or
+//! the client's abort) or a short local one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::backend::ActiveGuard;
+use crate::metrics::ServiceMetrics;
+
+/// Why a body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("no body bytes moved for {0:?}")]
+    Idle(Duration),
+    #[error("request body exceeds the {0}-byte limit")]
+    TooLarge(u64),
+    #[error("body stream failed")]
+    Stream(#[source] hyper::Error),
+}
+
+/// Fires when a body makes no progress for `timeout`. The timer is armed only
+/// when a poll returns `Pending`, so bodies that arrive in one read never
+/// touch the timer wheel; its box is allocated on the first stall only.
+#[derive(Debug)]
+pub struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    pub fn new(timeout: Duration) -> IdleTimer {
+        IdleTimer {
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// Call after the inner body made progress.
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// Call when the inner body is pending; `Ready` means the time is up.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<BodyError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        if !self.armed {
+            self.armed = true;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match &mut self.sleep {
+            Some(sleep) => {
+                ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(BodyError::Idle(self.timeout))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Poll `inner` once under `idle`, mapping its frame or error.
+fn poll_with_idle(
+    inner: Pin<&mut Incoming>,
+    idle: &mut IdleTimer,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    match inner.poll_frame(cx) {
+        Poll::Ready(frame) => {
+            idle.progressed();
+            Poll::Ready(frame.map(|r| r.map_err(BodyError::Stream)))
+        }
+        Poll::Pending => idle.poll_stalled(cx).map(|e| Some(Err(e))),
+    }
+}
+
+/// The request body as sent upstream.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Empty,
+    Stream {
+        inner: Incoming,
+        idle: IdleTimer,
+        /// 0 = unlimited.
+        limit: u64,
+        seen: u64,
+    },
+}
+
+impl UpstreamBody {
+    pub fn stream(inner: Incoming, idle_timeout: Duration, limit: u64) -> UpstreamBody {
+        if inner.is_end_stream() {
+            return UpstreamBody::Empty;
+        }
+        UpstreamBody::Stream {
+            inner,
+            idle: IdleTimer::new(idle_timeout),
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // Every field is Unpin (Incoming and the boxed Sleep), so plain access is fine.
+        match self.get_mut() {
+            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Stream {
+                inner,
+                idle,
+                limit,
+                seen,
+            } => {
+                let frame = ready!(poll_with_idle(Pin::new(inner), idle, cx));
+                if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                    *seen += data.map_or(0, |d| d.len() as u64);
+                    if *limit > 0 && *seen > *limit {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(*limit))));
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// Counts a request from its first attempt to the end of its response body:
+/// in flight on the chosen backend (least-conn, active gauge) and in the
+/// service's duration histogram.
+#[derive(Debug)]
+pub struct RequestGuard {
+    pub active: ActiveGuard,
+    pub metrics: Arc<ServiceMetrics>,
+    pub started: Instant,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The response body as sent to the client.
+#[derive(Debug)]
+pub enum ProxyBody {
+    Local(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        idle: IdleTimer,
+        /// Dropped with the body: at its end, or when the client goes away.
+        guard: Option<RequestGuard>,
+    },
+}
+
+impl ProxyBody {
+    pub fn local(text: &'static str) -> ProxyBody {
+        ProxyBody::Local(Some(Bytes::from_static(text.as_bytes())))
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Local(None)
+    }
+
+    pub fn upstream(inner: Incoming, idle_timeout: Duration, guard: RequestGuard) -> ProxyBody {
+        ProxyBody::Upstream {
+            inner,
+            idle: IdleTimer::new(idle_timeout),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream { inner, idle, guard } => {
+                let frame = ready!(poll_with_idle(Pin::new(inner), idle, cx));
+                if !matches!(frame, Some(Ok(_))) {
+                    // End of stream or failure: the request is over now, not
+                    // whenever hyper drops the body.
+                    guard.take();
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(data) => data.is_none(),
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The published backend table and its single writer.
+//!
+//! [`Table`] is an immutable snapshot — routes, services, each service's ready
+//! backends and balancer — behind an `ArcSwap`: the request path does one
+//! lock-free `load_full` and never waits. [`Publisher`] is the only writer. It
+//! keeps the sources of truth (the config today; the registry and health
+//! checkers feed it too) and the long-lived pieces that must survive a rebuild
+//! (backends with their live state, pooled clients, metric handles), rebuilds
+//! a whole table when a source changes, and swaps it in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::{Backend, Source};
+use crate::balance::Balancer;
+use crate::config::{BalancePolicy, Config, RetryConfig, RetryOn, ServiceConfig, UpstreamProtocol};
+use crate::metrics::{Metrics, ServiceMetrics};
+use crate::proxy::upstream::Upstream;
+use crate::routing::{RouteSpec, RouteTable};
+
+/// One immutable snapshot of everything the request path reads.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub routes: RouteTable,
+    /// Indexed by `Route::service`.
+    pub services: Vec<Arc<Service>>,
+    by_name: HashMap<Arc<str>, usize>,
+}
+
+impl Table {
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.by_name.get(name).map(|&i| &self.services[i])
+    }
+
+    /// Every backend of every service (admin listing, metrics scrape).
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.services.iter().flat_map(|s| s.backends.iter())
+    }
+}
+
+/// A service as the request path sees it.
+#[derive(Debug)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub policy: BalancePolicy,
+    /// All known backends, ready or not (for listings).
+    pub backends: Vec<Arc<Backend>>,
+    /// The ones the balancer may pick; the balancer indexes this slice.
+    pub ready: Vec<Arc<Backend>>,
+    pub balancer: Balancer,
+    pub settings: Arc<ServiceConfig>,
+    pub upstream: Upstream,
+    pub metrics: Arc<ServiceMetrics>,
+}
+
+/// Shared handle to the current table.
+pub type SharedTable = Arc<ArcSwap<Table>>;
+
+/// The single writer of the table.
+#[derive(Debug)]
+pub struct Publisher {
+    table: SharedTable,
+    state: Mutex<State>,
+}
+
+/// What survives rebuilds. Behind a mutex taken only by writers (config
+/// reloads, registry and health updates), never by the request path.
+#[derive(Debug)]
+struct State {
+    config: Arc<Config>,
+    metrics: Metrics,
+    backends: HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
+    clients: HashMap<(UpstreamProtocol, Duration), Upstream>,
+    service_metrics: HashMap<Arc<str>, Arc<ServiceMetrics>>,
+}
+
+impl Publisher {
+    /// Build the first table from `config` and publish it.
+    pub fn new(config: Arc<Config>, metrics: Metrics) -> Publisher {
+        let mut state = State {
+            config,
+            metrics,
+            backends: HashMap::new(),
+            clients: HashMap::new(),
+            service_metrics: HashMap::new(),
+        };
+        let table = Arc::new(ArcSwap::from_pointee(state.rebuild()));
+        Publisher {
+            table,
+            state: Mutex::new(state),
+        }
+    }
+
+    pub fn table(&self) -> &SharedTable {
+        &self.table
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.lock().config)
+    }
+
+    /// Swap in a new config: rebuild and publish at once.
+    pub fn apply_config(&self, config: Arc<Config>) {
+        let mut state = self.lock();
+        state.config = config;
+        let table = state.rebuild();
+        self.table.store(Arc::new(table));
+    }
+
+    /// Rebuild from the current sources (after a health or registry change).
+    pub fn republish(&self) {
+        let mut state = self.lock();
+        let table = state.rebuild();
+        self.table.store(Arc::new(table));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic mid-rebuild leaves the old table published; the state is
+        // still consistent enough to rebuild from.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn rebuild(&mut self) -> Table {
+        let config = Arc::clone(&self.config);
+        let names = service_names(&config);
+        let mut kept = HashMap::with_capacity(self.backends.len());
+        let mut services = Vec::with_capacity(names.len());
+        let mut by_name = HashMap::with_capacity(names.len());
+        for name in &names {
+            let settings = Arc::new(
+                config
+                    .services
+                    .get(name.as_ref())
+                    .cloned()
+                    .unwrap_or_else(default_service),
+            );
+            let service = self.build_service(Arc::clone(name), settings, &mut kept);
+            by_name.insert(Arc::clone(name), services.len());
+            services.push(Arc::new(service));
+        }
+        self.forget_removed(&kept);
+        self.backends = kept;
+        self.service_metrics.retain(|k, _| by_name.contains_key(k));
+        Table {
+            routes: route_table(&config, &by_name),
+            services,
+            by_name,
+        }
+    }
+
+    fn build_service(
+        &mut self,
+        name: Arc<str>,
+        settings: Arc<ServiceConfig>,
+        kept: &mut HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
+    ) -> Service {
+        let mut backends = Vec::with_capacity(settings.backends.len());
+        for declared in &settings.backends {
+            let id: Arc<str> = Arc::from(declared.address.as_str());
+            let key = (Arc::clone(&name), id);
+            let backend = match self.backends.get(&key) {
+                Some(existing) if existing.resolved == declared.resolved => {
+                    existing.set_weight(declared.weight);
+                    Arc::clone(existing)
+                }
+                _ => self.new_backend(&name, &key.1, declared.resolved, declared.weight),
+            };
+            kept.insert(key, Arc::clone(&backend));
+            backends.push(backend);
+        }
+        let ready: Vec<Arc<Backend>> = backends.iter().filter(|b| b.is_ready()).cloned().collect();
+        Service {
+            balancer: Balancer::new(settings.balance, &ready),
+            policy: settings.balance,
+            upstream: self.client(settings.protocol, settings.connect_timeout),
+            metrics: self.service_metrics(&name),
+            name,
+            backends,
+            ready,
+            settings,
+        }
+    }
+
+    fn new_backend(
+        &self,
+        service: &Arc<str>,
+        address: &Arc<str>,
+        resolved: std::net::SocketAddr,
+        weight: u32,
+    ) -> Arc<Backend> {
+        Arc::new(Backend::new(
+            Arc::clone(service),
+            Arc::clone(address),
+            Arc::clone(address),
+            resolved,
+            weight,
+            Source::Config,
+            self.metrics.backend_counters(service, address),
+        ))
+    }
+
+    fn client(&mut self, protocol: UpstreamProtocol, connect_timeout: Duration) -> Upstream {
+        self.clients
+            .entry((protocol, connect_timeout))
+            .or_insert_with(|| Upstream::new(protocol, connect_timeout))
+            .clone()
+    }
+
+    fn service_metrics(&mut self, name: &Arc<str>) -> Arc<ServiceMetrics> {
+        let metrics = &self.metrics;
+        Arc::clone(
+            self.service_metrics
+                .entry(Arc::clone(name))
+                .or_insert_with(|| metrics.service(name)),
+        )
+    }
+
+    /// Drop metric series of backends that left (ones still in flight keep
+    /// their `Arc` alive through their guards; only the series go).
+    fn forget_removed(&self, kept: &HashMap<(Arc<str>, Arc<str>), Arc<Backend>>) {
+        for (key, backend) in &self.backends {
+            if !kept.contains_key(key) {
+                self.metrics
+                    .forget_backend(&backend.service, &backend.address);
+            }
+        }
+    }
+}
+
+/// Declared services and services that routes name, sorted.
+fn service_names(config: &Config) -> Vec<Arc<str>> {
+    let mut names: BTreeSet<&str> = config.services.keys().map(String::as_str).collect();
+    names.extend(config.routes.iter().map(|r| r.service.as_str()));
+    names.into_iter().map(Arc::from).collect()
+}
+
+fn route_table(config: &Config, by_name: &HashMap<Arc<str>, usize>) -> RouteTable {
+    let specs = config.routes.iter().filter_map(|r| {
+        Some(RouteSpec {
+            host: r.host.as_deref(),
+            path_prefix: &r.path_prefix,
+            service: *by_name.get(r.service.as_str())?,
+            strip_prefix: r.strip_prefix,
+        })
+    });
+    let named: BTreeSet<&str> = config.routes.iter().map(|r| r.service.as_str()).collect();
+    let mut implicit: BTreeMap<&str, usize> = BTreeMap::new();
+    for (name, &index) in by_name {
+        if !named.contains(name.as_ref()) {
+            implicit.insert(name.as_ref(), index);
+        }
+    }
+    RouteTable::build(specs, implicit)
+}
+
+/// Settings of a service that only a route (or a registration) names.
+pub fn default_service() -> ServiceConfig {
+    ServiceConfig {
+        balance: BalancePolicy::RoundRobin,
+        backends: Vec::new(),
+        protocol: UpstreamProtocol::Http1,
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(30),
+        try_timeout: None,
+        health_check: None,
+        retry: RetryConfig {
+            attempts: 1,
+            on: vec![
+                RetryOn::ConnectError,
+                RetryOn::Reset,
+                RetryOn::Status(502),
+                RetryOn::Status(503),
+                RetryOn::Status(504),
+            ],
+            idempotent_only: true,
+            budget_percent: 20,
+        },
+        outlier: None,
+    }
+}
