@@ -109,6 +109,7 @@ impl App {
         let admin_permits = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         self.spawn_admin_listener(&admin_permits, admin_stopped);
         let _watcher = self.reloader.watch_file();
+        let coalescer = tokio::spawn(Arc::clone(&self.publisher).run_coalescer());
         self.ready.store(true, Ordering::Relaxed);
 
         shutdown.await;
@@ -126,6 +127,7 @@ impl App {
             std::time::Duration::from_secs(1),
         )
         .await;
+        coalescer.abort();
         tracing::info!("stopped");
         Ok(())
     }

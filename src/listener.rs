@@ -176,6 +176,7 @@ where
         let mut quiet_ticks = 0u32;
         loop {
             tokio::select! {
+                biased;
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "client connection ended with an error");

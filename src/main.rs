@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::app::App;
 use switchyard::config::{Config, LogFormat};
 
+/// mimalloc: per-thread free lists keep the request path's many small,
+/// short-lived allocations off glibc's arena locks and out of brk/trim churn.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Where `serve` looks for a config when none is given.
 const DEFAULT_CONFIG: &str = "config/switchyard.toml";
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
 use crate::backend::{Backend, Source};
 use crate::balance::Balancer;
@@ -59,11 +60,17 @@ pub struct Service {
 /// Shared handle to the current table.
 pub type SharedTable = Arc<ArcSwap<Table>>;
 
+/// How long a nudge waits for more changes before rebuilding: a burst of
+/// registrations or health flips becomes one rebuild, not one per change.
+const COALESCE: Duration = Duration::from_millis(20);
+
 /// The single writer of the table.
 #[derive(Debug)]
 pub struct Publisher {
     table: SharedTable,
     state: Mutex<State>,
+    /// Set by `nudge`; drained by `run_coalescer`.
+    dirty: Notify,
 }
 
 /// What survives rebuilds. Behind a mutex taken only by writers (config
@@ -91,6 +98,22 @@ impl Publisher {
         Publisher {
             table,
             state: Mutex::new(state),
+            dirty: Notify::new(),
+        }
+    }
+
+    /// Ask for a rebuild soon (health flips, registry changes). Cheap and
+    /// non-blocking; bursts are coalesced by [`Publisher::run_coalescer`].
+    pub fn nudge(&self) {
+        self.dirty.notify_one();
+    }
+
+    /// The task that turns nudges into rebuilds, at most one per `COALESCE`.
+    pub async fn run_coalescer(self: Arc<Self>) {
+        loop {
+            self.dirty.notified().await;
+            tokio::time::sleep(COALESCE).await;
+            self.republish();
         }
     }
 

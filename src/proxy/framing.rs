@@ -271,11 +271,15 @@ impl RequestFraming {
                 }
             },
             HeadCr if b == b'\n' => self.end_head(),
-            Name => self.name_byte(b),
+            Name => return self.name_byte(b),
             Value => self.value_byte(b, blank),
             ChunkStart | ChunkSize if b.is_ascii_hexdigit() => {
                 // The first digit starts a fresh size.
-                let acc = if self.state == ChunkStart { 0 } else { self.acc };
+                let acc = if self.state == ChunkStart {
+                    0
+                } else {
+                    self.acc
+                };
                 let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
                 match acc.checked_mul(16).and_then(|a| a.checked_add(digit)) {
                     Some(v) => {
@@ -518,16 +522,23 @@ mod tests {
         unchanged(&seq, false);
         for attack in [CL_TE, TE_CL] {
             let input = format!("{seq}{attack}");
-            let name = if attack == CL_TE { "Transfer-Encoding:" } else { "Content-Length:" };
+            let name = if attack == CL_TE {
+                "Transfer-Encoding:"
+            } else {
+                "Content-Length:"
+            };
             check(&input, &broken(&input, name), false);
         }
     }
 
     #[test]
     fn bare_lf_heads() {
-        let seq = "GET / HTTP/1.1\nHost: x\n\nPOST / HTTP/1.1\nContent-Length: 2\n\nokPUT / HTTP/1.0\n\n";
+        let seq =
+            "GET / HTTP/1.1\nHost: x\n\nPOST / HTTP/1.1\nContent-Length: 2\n\nokPUT / HTTP/1.0\n\n";
         unchanged(seq, false);
-        let input = format!("{seq}\n\r\nPOST / HTTP/1.1\nContent-Length: 1\ntransfer-encoding: chunked\n\n");
+        let input = format!(
+            "{seq}\n\r\nPOST / HTTP/1.1\nContent-Length: 1\ntransfer-encoding: chunked\n\n"
+        );
         check(&input, &broken(&input, "transfer-encoding:"), false);
     }
 
@@ -541,7 +552,10 @@ mod tests {
     fn upgrade_and_connect_stop() {
         let ws = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         unchanged(&format!("{ws}{CL_TE}"), true);
-        unchanged(&format!("{GET}CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n{CL_TE}"), true);
+        unchanged(
+            &format!("{GET}CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n{CL_TE}"),
+            true,
+        );
         // hyper does not upgrade HTTP/1.0: keep following.
         let old = format!("GET / HTTP/1.0\r\nUpgrade: x\r\n\r\n{CL_TE}");
         check(&old, &broken(&old, "Transfer-Encoding:"), false);
@@ -561,6 +575,7 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 0 0\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
@@ -592,10 +607,22 @@ mod tests {
     }
 
     #[test]
+    fn trailers_end_only_at_crlf_crlf() {
+        // hyper ends a trailer line only at `\r\n`, so after a bare-LF
+        // trailer the next "head" is still trailer bytes to hyper.
+        let input =
+            format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\r\n{CL_TE}");
+        unchanged(&input, true);
+    }
+
+    #[test]
     fn invalid_lines_count_for_nothing() {
         // hyper rejects these heads as they are (or drops the bad line):
         // no need to break them, and the bad line does not frame.
-        unchanged("POST / HTTP/1.1\r\nContent-Length : 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false);
+        unchanged(
+            "POST / HTTP/1.1\r\nContent-Length : 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            false,
+        );
         unchanged("POST / HTTP/1.1\r\nContent-Length: 5\x01\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false);
     }
 
@@ -613,15 +640,15 @@ mod tests {
         let mut framing = RequestFraming::new();
         let mut head = b"POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n".to_vec();
         assert!(!framing.scan(&mut head));
-        let mut body = LOOKALIKE.repeat(1000).into_bytes();
-        body.truncate(1_000_000);
-        let mut left = 1_000_000 - body.len();
+        let chunk = LOOKALIKE.repeat(100).into_bytes();
+        let mut left = 1_000_000usize;
         while left > 0 {
-            let mut part = body[..left.min(body.len())].to_vec();
+            let n = left.min(chunk.len());
+            let mut part = chunk[..n].to_vec();
             assert!(!framing.scan(&mut part));
-            left -= part.len();
+            assert_eq!(part, chunk[..n]);
+            left -= n;
         }
-        assert!(!framing.scan(&mut body));
         let mut attack = CL_TE.as_bytes().to_vec();
         assert!(framing.scan(&mut attack));
         assert!(!framing.is_done());
