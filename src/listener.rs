@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ProxyConfig;
+use crate::proxy::framing::RequestFraming;
 
 /// The hyper connection builder for client connections, from `[proxy]`.
 pub fn http_builder(cfg: &ProxyConfig) -> auto::Builder<TokioExecutor> {
@@ -162,6 +163,7 @@ where
         let io = TokioIo::new(TrackedIo {
             inner: io,
             activity: Arc::clone(&activity),
+            framing: RequestFraming::new(),
         });
         let conn = self
             .builder
@@ -221,10 +223,14 @@ struct Activity {
     ever: AtomicBool,
 }
 
-/// A client stream that records activity.
+/// A client stream that records activity and, on HTTP/1, runs the framing
+/// guard over every byte before hyper parses it (hyper silently drops a
+/// Content-Length sent beside Transfer-Encoding; the guard makes such a head
+/// unparseable so hyper answers 400 and closes).
 struct TrackedIo<I> {
     inner: I,
     activity: Arc<Activity>,
+    framing: RequestFraming,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
@@ -234,10 +240,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.recent.store(true, Ordering::Relaxed);
-            self.activity.ever.store(true, Ordering::Relaxed);
+            this.activity.recent.store(true, Ordering::Relaxed);
+            this.activity.ever.store(true, Ordering::Relaxed);
+            if !this.framing.is_done() && this.framing.scan(&mut buf.filled_mut()[before..]) {
+                tracing::debug!("request with both Content-Length and Transfer-Encoding refused");
+            }
         }
         result
     }

@@ -10,7 +10,7 @@
 
 pub mod body;
 pub mod error;
-// pub mod framing; (being written)
+pub mod framing;
 pub mod headers;
 pub mod retry;
 pub mod upstream;
@@ -337,9 +337,17 @@ fn finish_response(
     };
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
     let backend_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+    let refused_upgrade = client_upgrade.is_some() && !switching;
     let (mut parts, body) = resp.into_parts();
     headers::prepare_response(&mut parts.headers, switching);
     parts.version = Version::HTTP_11;
+    if refused_upgrade {
+        // The framing guard stopped inspecting this connection at the
+        // upgrade request; it must not carry further requests.
+        parts
+            .headers
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let body = match (client_upgrade, backend_upgrade) {
         (Some(client), Some(backend)) => {
             tokio::spawn(tunnel(client, backend, guard));
