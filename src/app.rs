@@ -1,7 +1,8 @@
 //! Composition root: binds listeners, builds the shared state, runs until
 //! shutdown, then drains.
 //!
-//! `App::bind` does everything that can fail at start-up (binding sockets)
+//! `App::bind` does everything that can fail at start-up (binding sockets,
+//! loading the registry's store)
 //! so that `main` can report it in one line; `App::run` serves until the
 //! given shutdown future resolves, then stops accepting, turns /readyz to
 //! 503, and waits up to `drain_timeout` for open connections to finish.
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::listener::{self, ConnTimeouts, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyService};
+use crate::registry::{self, Registry, StoreError};
 use crate::reload::Reloader;
 use crate::table::Publisher;
 
@@ -35,6 +37,9 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// The registry's store cannot be read (the message names the file).
+    #[error(transparent)]
+    Registry(#[from] StoreError),
 }
 
 /// A bound, not yet serving, Switchyard.
@@ -43,6 +48,7 @@ pub struct App {
     config: Arc<Config>,
     metrics: Metrics,
     publisher: Arc<Publisher>,
+    registry: Arc<Registry>,
     reloader: Reloader,
     proxy_sockets: Vec<TcpListener>,
     admin_socket: TcpListener,
@@ -63,13 +69,16 @@ impl App {
             .map(|&addr| bind(addr))
             .collect::<Result<Vec<_>, _>>()?;
         let admin_socket = bind(config.admin.listen)?;
+        let registry = open_registry(&config, &proxy_sockets, &admin_socket)?;
         let metrics = Metrics::new();
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
+        publisher.attach_registry(Arc::clone(&registry));
         let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone());
         Ok(App {
             config,
             metrics,
             publisher,
+            registry,
             reloader,
             proxy_sockets,
             admin_socket,
@@ -98,7 +107,7 @@ impl App {
 
     /// Serve until `shutdown` resolves, then drain and return.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let (stop_proxy, proxy_stopped) = watch::channel(false);
@@ -110,6 +119,9 @@ impl App {
         self.spawn_admin_listener(&admin_permits, admin_stopped);
         let _watcher = self.reloader.watch_file();
         let coalescer = tokio::spawn(Arc::clone(&self.publisher).run_coalescer());
+        let sweeper = tokio::spawn(Arc::clone(&self.publisher).run_sweeper());
+        let health = crate::health::spawn(Arc::clone(&self.publisher), self.metrics.clone());
+        let registry_tasks = self.spawn_registry_tasks();
         self.ready.store(true, Ordering::Relaxed);
 
         shutdown.await;
@@ -128,17 +140,46 @@ impl App {
         )
         .await;
         coalescer.abort();
+        sweeper.abort();
+        health.abort(); // dropping the supervisor aborts every checker
+        registry_tasks.iter().for_each(|task| task.abort());
+        if let Err(e) = self.registry.flush().await {
+            tracing::error!(error = %e, "could not save the registry at shutdown");
+        }
         tracing::info!("stopped");
         Ok(())
     }
 
-    fn spawn_proxy_listeners(&self, permits: &Arc<Semaphore>, stopped: watch::Receiver<bool>) {
+    /// Lease expiry, the store writer, the drain sweeper, and the forwarding
+    /// of registry changes to the publisher (whose nudges coalesce a burst
+    /// of registrations into one rebuild).
+    fn spawn_registry_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let publisher = Arc::clone(&self.publisher);
+        let mut changes = self.registry.subscribe();
+        let forward = async move {
+            while changes.changed().await.is_ok() {
+                publisher.nudge();
+            }
+        };
+        vec![
+            tokio::spawn(Arc::clone(&self.registry).run_expiry()),
+            tokio::spawn(Arc::clone(&self.registry).run_writer()),
+            tokio::spawn(Arc::clone(&self.publisher).run_drain_sweeper()),
+            tokio::spawn(forward),
+        ]
+    }
+
+    /// Moves the proxy sockets into their accept loops: when those end at
+    /// shutdown the sockets close, so new connections are refused at once.
+    fn spawn_proxy_listeners(&mut self, permits: &Arc<Semaphore>, stopped: watch::Receiver<bool>) {
         let cfg = &self.config.proxy;
         let proxy = Arc::new(Proxy {
             table: Arc::clone(self.publisher.table()),
+            publisher: Arc::clone(&self.publisher),
             trusted_proxies: cfg.trusted_proxies.clone(),
             body_idle_timeout: cfg.body_idle_timeout,
             max_body_bytes: cfg.max_body_bytes,
+            max_header_bytes: cfg.max_header_bytes,
             tls: false,
         });
         let builder = Arc::new(listener::http_builder(cfg));
@@ -146,11 +187,8 @@ impl App {
             first_byte: cfg.header_read_timeout,
             idle: cfg.idle_timeout,
         };
-        for socket in &self.proxy_sockets {
+        for socket in std::mem::take(&mut self.proxy_sockets) {
             let Ok(addr) = socket.local_addr() else {
-                continue;
-            };
-            let Ok(socket) = clone_listener(socket) else {
                 continue;
             };
             tracing::info!("proxy listening on {addr}");
@@ -175,6 +213,7 @@ impl App {
         };
         let state = Arc::new(AdminState {
             publisher: Arc::clone(&self.publisher),
+            registry: Arc::clone(&self.registry),
             metrics: self.metrics.clone(),
             reloader: self.reloader.clone(),
             ready: Arc::clone(&self.ready),
@@ -196,6 +235,23 @@ impl App {
         };
         tokio::spawn(l.run());
     }
+}
+
+/// The registry, loaded from its store, told every address Switchyard listens
+/// on (those are never registrable: a backend there would be a loop).
+fn open_registry(
+    config: &Config,
+    proxy: &[TcpListener],
+    admin: &TcpListener,
+) -> Result<Arc<Registry>, StartError> {
+    let mut own: Vec<SocketAddr> = proxy
+        .iter()
+        .chain(std::iter::once(admin))
+        .filter_map(|s| s.local_addr().ok())
+        .collect();
+    own.extend(config.proxy.tls.iter().map(|t| t.listen));
+    let store = registry::store::from_config(&config.registry.store)?;
+    Ok(Arc::new(Registry::open(store, &config.registry, own)?))
 }
 
 /// A second handle on a bound socket, so `App` keeps reporting its address

@@ -7,8 +7,9 @@
 //! atomic, so the request path never locks.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use prometheus::IntCounter;
@@ -86,6 +87,32 @@ pub struct Backend {
     health: AtomicU8,
     /// Deregistered or expired: no new requests; listed until `active` drains.
     draining: AtomicBool,
+    /// Passive health (outlier detection) from real traffic.
+    outlier: Outlier,
+}
+
+/// Outlier-detection state: consecutive failures and the current ejection.
+#[derive(Debug, Default)]
+struct Outlier {
+    consecutive_failures: AtomicU32,
+    /// How many times it was ejected; the n-th ejection lasts n × base (capped).
+    ejections: AtomicU32,
+    /// Milliseconds on the process clock ([`now_millis`]) until which it is
+    /// ejected; 0 = not ejected.
+    ejected_until: AtomicU64,
+}
+
+/// The longest ejection is this many times the base ejection.
+const MAX_EJECTION_FACTOR: u32 = 10;
+
+/// Milliseconds since the process's first call: a cheap monotonic clock that
+/// fits in an atomic.
+pub fn now_millis() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl Backend {
@@ -113,6 +140,7 @@ impl Backend {
             active: AtomicU32::new(0),
             health: AtomicU8::new(Health::Healthy as u8),
             draining: AtomicBool::new(false),
+            outlier: Outlier::default(),
         }
     }
 
@@ -144,9 +172,75 @@ impl Backend {
         self.draining.store(draining, Ordering::Relaxed);
     }
 
-    /// Whether the balancer may pick it.
+    /// Whether the balancer may pick it: healthy, not draining, not ejected.
     pub fn is_ready(&self) -> bool {
-        self.health() == Health::Healthy && !self.is_draining()
+        self.health() == Health::Healthy && !self.is_draining() && !self.is_ejected()
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.outlier.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_millis() < until
+    }
+
+    /// An ejection whose time is up, not yet cleared (the sweeper's cue to
+    /// rebuild so the backend rejoins).
+    pub fn ejection_expired(&self) -> bool {
+        let until = self.outlier.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_millis() >= until
+    }
+
+    /// End an ejection (time is up, or an active check passed).
+    pub fn clear_ejection(&self) {
+        self.outlier.ejected_until.store(0, Ordering::Relaxed);
+        self.outlier
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// A request succeeded: the failure streak ends.
+    pub fn record_success(&self) {
+        if self.outlier.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.outlier
+                .consecutive_failures
+                .store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request failed; returns the streak length including this failure.
+    pub fn record_failure(&self) -> u32 {
+        self.outlier
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+    }
+
+    /// Eject for `base` × (number of ejections so far + 1), capped at 10 ×.
+    /// Returns false if it already is ejected (another request won the race).
+    pub fn eject(&self, base: Duration) -> bool {
+        let factor = self
+            .outlier
+            .ejections
+            .load(Ordering::Relaxed)
+            .saturating_add(1)
+            .min(MAX_EJECTION_FACTOR);
+        let millis = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
+        let until = now_millis().saturating_add(millis.saturating_mul(u64::from(factor)));
+        let current = self.outlier.ejected_until.load(Ordering::Relaxed);
+        if current != 0 && now_millis() < current {
+            return false;
+        }
+        let won = self
+            .outlier
+            .ejected_until
+            .compare_exchange(current, until, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if won {
+            self.outlier.ejections.fetch_add(1, Ordering::Relaxed);
+            self.outlier
+                .consecutive_failures
+                .store(0, Ordering::Relaxed);
+        }
+        won
     }
 
     /// Count one request in flight until the guard drops.
@@ -225,6 +319,26 @@ mod tests {
         assert_eq!(b.active_requests(), 1);
         drop(g2);
         assert_eq!(b.active_requests(), 0);
+    }
+
+    #[test]
+    fn ejection_takes_it_out_and_grows() {
+        let b = backend("127.0.0.1:9001", 1);
+        assert!(b.is_ready());
+        assert_eq!(b.record_failure(), 1);
+        assert_eq!(b.record_failure(), 2);
+        b.record_success();
+        assert_eq!(b.record_failure(), 1);
+        assert!(b.eject(std::time::Duration::from_secs(30)));
+        assert!(b.is_ejected() && !b.is_ready());
+        assert!(
+            !b.eject(std::time::Duration::from_secs(30)),
+            "already ejected"
+        );
+        b.clear_ejection();
+        assert!(b.is_ready());
+        assert!(b.eject(std::time::Duration::from_millis(0)));
+        assert!(b.ejection_expired());
     }
 
     #[test]

@@ -14,11 +14,13 @@
 //! - [`table`]: the published snapshot and its single writer, the publisher.
 //! - [`backend`]: one upstream instance and its live atomics (in-flight, health).
 //! - [`balance`]: selection policies (round robin, least connections).
+//! - [`health`]: active health checks — a supervisor, one checker task per backend, probes.
 //! - [`routing`]: host and path-prefix precedence.
 //! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
 //! - [`listener`]: accept loops, connection limits, idle timeouts, graceful close.
 //! - [`admin`]: /healthz, /readyz, /metrics and the /v1 API.
 //! - [`metrics`]: the owned Prometheus registry and pre-resolved handles.
+//! - [`registry`]: registered instances, leases, the durable store, the `register` client.
 //! - [`reload`]: config reloads from SIGHUP, file changes and the admin API.
 //! - [`shutdown`]: process signals.
 #![forbid(unsafe_code)]
@@ -28,9 +30,11 @@ pub mod app;
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod registry;
 pub mod reload;
 pub mod routing;
 pub mod shutdown;

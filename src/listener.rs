@@ -37,7 +37,7 @@ pub fn http_builder(cfg: &ProxyConfig) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         .header_read_timeout(cfg.header_read_timeout)
         // hyper's floor is 8 KiB; the head must fit in this buffer, else 431.
-        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_buf_size(cfg.max_header_bytes.max(crate::proxy::HYPER_MIN_BUF))
         .max_headers(cfg.max_headers);
     builder
         .http2()

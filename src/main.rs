@@ -1,4 +1,4 @@
-//! The `switchyard` command: serve, check, version. Only wiring lives here:
+//! The `switchyard` command: serve, check, register, version. Only wiring lives here:
 //! parse the command line, set up logging, load the config, build the
 //! runtime, and turn any start-up failure into one line and a non-zero exit.
 
@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::app::App;
 use switchyard::config::{Config, LogFormat};
+use switchyard::registry::client::RegisterOptions;
 
 /// mimalloc: per-thread free lists keep the request path's many small,
 /// short-lived allocations off glibc's arena locks and out of brk/trim churn.
@@ -50,6 +51,35 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Register an instance with a running Switchyard; with --heartbeat keep
+    /// its lease alive until SIGINT/SIGTERM, then deregister.
+    Register(RegisterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RegisterArgs {
+    /// The admin API, like http://127.0.0.1:9091.
+    #[arg(long)]
+    admin: String,
+    #[arg(long)]
+    service: String,
+    #[arg(long)]
+    id: String,
+    /// Where the instance listens: HOST:PORT.
+    #[arg(long)]
+    address: String,
+    /// Lease length, like 30s ("0s" = no expiry); default: the registry's default_ttl.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Balancing weight, 1 to 1000 (default 1).
+    #[arg(long)]
+    weight: Option<u32>,
+    /// Bearer token for the admin API; default: $SWITCHYARD_ADMIN_TOKEN.
+    #[arg(long)]
+    token: Option<String>,
+    /// Keep renewing the lease until interrupted, then deregister.
+    #[arg(long)]
+    heartbeat: bool,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +87,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(config, cli.log_format),
+        Command::Register(args) => register(args, cli.log_format),
     }
 }
 
@@ -118,6 +149,40 @@ async fn run(config: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn register(args: RegisterArgs, log_format: Option<CliLogFormat>) -> ExitCode {
+    init_logging(log_format.map_or(LogFormat::Text, to_format));
+    let options = RegisterOptions {
+        admin: args.admin,
+        service: args.service,
+        id: args.id,
+        address: args.address,
+        ttl: args.ttl,
+        weight: args.weight,
+        token: args
+            .token
+            .or_else(|| std::env::var("SWITCHYARD_ADMIN_TOKEN").ok()),
+        heartbeat: args.heartbeat,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard register: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = switchyard::shutdown::terminate();
+    match runtime.block_on(switchyard::registry::client::run(options, shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard register: {e}");
             ExitCode::FAILURE
         }
     }

@@ -145,6 +145,10 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Both results exist from the start, so `rate()` and alerts see a 0.
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         for collector in m.collectors().chain(std::iter::once(
             Box::new(build_info) as Box<dyn prometheus::core::Collector>
         )) {
@@ -207,6 +211,17 @@ impl Metrics {
         }
         let _ = self.backend_up.remove_label_values(&[service, backend]);
         let _ = self.backend_active.remove_label_values(&[service, backend]);
+    }
+
+    /// Set `switchyard_registry_instances` to these per-service counts of
+    /// registered instances; services not listed lose their series.
+    pub fn set_registry_instances<'a>(&self, counts: impl Iterator<Item = (&'a str, usize)>) {
+        self.registry_instances.reset();
+        for (service, count) in counts {
+            self.registry_instances
+                .with_label_values(&[service])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn connections_open(&self, listener: &str) -> IntGauge {

@@ -15,12 +15,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, Source};
+use crate::backend::{Backend, Health, Source};
 use crate::balance::Balancer;
-use crate::config::{BalancePolicy, Config, RetryConfig, RetryOn, ServiceConfig, UpstreamProtocol};
+use crate::config::{BalancePolicy, Config, ServiceConfig, UpstreamProtocol};
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::proxy::retry::RetryBudget;
 use crate::proxy::upstream::Upstream;
 use crate::routing::{RouteSpec, RouteTable};
+
+mod registered;
 
 /// One immutable snapshot of everything the request path reads.
 #[derive(Debug, Default)]
@@ -55,6 +58,8 @@ pub struct Service {
     pub settings: Arc<ServiceConfig>,
     pub upstream: Upstream,
     pub metrics: Arc<ServiceMetrics>,
+    /// Shared by every table that holds this service, so reloads keep it.
+    pub budget: Arc<RetryBudget>,
 }
 
 /// Shared handle to the current table.
@@ -82,6 +87,9 @@ struct State {
     backends: HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
     clients: HashMap<(UpstreamProtocol, Duration), Upstream>,
     service_metrics: HashMap<Arc<str>, Arc<ServiceMetrics>>,
+    budgets: HashMap<Arc<str>, Arc<RetryBudget>>,
+    /// Registered instances: their backends, drains, the registry handle.
+    registered: registered::Registered,
 }
 
 impl Publisher {
@@ -93,6 +101,8 @@ impl Publisher {
             backends: HashMap::new(),
             clients: HashMap::new(),
             service_metrics: HashMap::new(),
+            budgets: HashMap::new(),
+            registered: registered::Registered::default(),
         };
         let table = Arc::new(ArcSwap::from_pointee(state.rebuild()));
         Publisher {
@@ -133,6 +143,24 @@ impl Publisher {
         self.table.store(Arc::new(table));
     }
 
+    /// Every 250 ms: bring back backends whose ejection time is up.
+    pub async fn run_sweeper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let table = self.table.load();
+            let mut expired = false;
+            for backend in table.backends().filter(|b| b.ejection_expired()) {
+                backend.clear_ejection();
+                tracing::info!(service = %backend.service, backend = %backend.address, "ejection over");
+                expired = true;
+            }
+            if expired {
+                self.nudge();
+            }
+        }
+    }
+
     /// Rebuild from the current sources (after a health or registry change).
     pub fn republish(&self) {
         let mut state = self.lock();
@@ -150,7 +178,7 @@ impl Publisher {
 impl State {
     fn rebuild(&mut self) -> Table {
         let config = Arc::clone(&self.config);
-        let names = service_names(&config);
+        let names = self.registered.begin(service_names(&config));
         let mut kept = HashMap::with_capacity(self.backends.len());
         let mut services = Vec::with_capacity(names.len());
         let mut by_name = HashMap::with_capacity(names.len());
@@ -160,7 +188,7 @@ impl State {
                     .services
                     .get(name.as_ref())
                     .cloned()
-                    .unwrap_or_else(default_service),
+                    .unwrap_or_default(),
             );
             let service = self.build_service(Arc::clone(name), settings, &mut kept);
             by_name.insert(Arc::clone(name), services.len());
@@ -168,7 +196,9 @@ impl State {
         }
         self.forget_removed(&kept);
         self.backends = kept;
+        self.registered.finish(&self.metrics, &self.backends);
         self.service_metrics.retain(|k, _| by_name.contains_key(k));
+        self.budgets.retain(|k, _| by_name.contains_key(k));
         Table {
             routes: route_table(&config, &by_name),
             services,
@@ -191,13 +221,26 @@ impl State {
                     existing.set_weight(declared.weight);
                     Arc::clone(existing)
                 }
-                _ => self.new_backend(&name, &key.1, declared.resolved, declared.weight),
+                _ => {
+                    let fresh = self.new_backend(&name, &key.1, declared.resolved, declared.weight);
+                    if settings.health_check.is_some() {
+                        // SPEC §2: no traffic until the first check passes.
+                        fresh.set_health(Health::Unknown);
+                    }
+                    fresh
+                }
             };
             kept.insert(key, Arc::clone(&backend));
             backends.push(backend);
         }
-        let ready: Vec<Arc<Backend>> = backends.iter().filter(|b| b.is_ready()).cloned().collect();
+        self.registered.add(&name, &settings, &mut backends, &self.metrics);
+        if settings.health_check.is_none() {
+            // Checks switched off (or never on): everyone counts as healthy.
+            backends.iter().for_each(|b| b.set_health(Health::Healthy));
+        }
+        let ready = ready_backends(&backends, settings.panic_threshold);
         Service {
+            budget: Arc::clone(self.budgets.entry(Arc::clone(&name)).or_default()),
             balancer: Balancer::new(settings.balance, &ready),
             policy: settings.balance,
             upstream: self.client(settings.protocol, settings.connect_timeout),
@@ -255,6 +298,24 @@ impl State {
     }
 }
 
+/// The backends the balancer may pick. Below the panic threshold (a
+/// percentage of non-draining backends; 0 = off) balance over all of them,
+/// as Envoy does, rather than pile everything on a few survivors — but never
+/// when none is ready: then the answer is 503.
+fn ready_backends(backends: &[Arc<Backend>], panic_threshold: u32) -> Vec<Arc<Backend>> {
+    let ready: Vec<Arc<Backend>> = backends.iter().filter(|b| b.is_ready()).cloned().collect();
+    let candidates = backends.iter().filter(|b| !b.is_draining()).count();
+    let panic = !ready.is_empty() && ready.len() * 100 < candidates * panic_threshold as usize;
+    if !panic {
+        return ready;
+    }
+    backends
+        .iter()
+        .filter(|b| !b.is_draining())
+        .cloned()
+        .collect()
+}
+
 /// Declared services and services that routes name, sorted.
 fn service_names(config: &Config) -> Vec<Arc<str>> {
     let mut names: BTreeSet<&str> = config.services.keys().map(String::as_str).collect();
@@ -279,30 +340,4 @@ fn route_table(config: &Config, by_name: &HashMap<Arc<str>, usize>) -> RouteTabl
         }
     }
     RouteTable::build(specs, implicit)
-}
-
-/// Settings of a service that only a route (or a registration) names.
-pub fn default_service() -> ServiceConfig {
-    ServiceConfig {
-        balance: BalancePolicy::RoundRobin,
-        backends: Vec::new(),
-        protocol: UpstreamProtocol::Http1,
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(30),
-        try_timeout: None,
-        health_check: None,
-        retry: RetryConfig {
-            attempts: 1,
-            on: vec![
-                RetryOn::ConnectError,
-                RetryOn::Reset,
-                RetryOn::Status(502),
-                RetryOn::Status(503),
-                RetryOn::Status(504),
-            ],
-            idempotent_only: true,
-            budget_percent: 20,
-        },
-        outlier: None,
-    }
 }

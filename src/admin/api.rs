@@ -1,32 +1,44 @@
-//! The /v1 endpoints: reload and service discovery.
+//! The /v1 endpoints: reload, service discovery (`discovery`) and the
+//! registry's registration endpoints (`instances`).
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::{error, json, method_not_allowed, AdminResponse, AdminState};
+use super::{discovery, error, instances, json, method_not_allowed, AdminResponse, AdminState};
 use crate::backend::Backend;
-use crate::table::Service;
 
 pub async fn handle(
     state: &AdminState,
     method: &Method,
     path: &[&str],
-    _req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> AdminResponse {
+    let query = req.uri().query().map(str::to_owned);
+    let query = query.as_deref();
     match path {
         ["reload"] => match *method {
             Method::POST => reload(state).await,
             _ => method_not_allowed("POST"),
         },
         ["services"] => match *method {
-            Method::GET | Method::HEAD => list_services(state),
+            Method::GET | Method::HEAD => discovery::list(state, query).await,
             _ => method_not_allowed("GET"),
         },
         ["services", name] => match *method {
-            Method::GET | Method::HEAD => show_service(state, name),
+            Method::GET | Method::HEAD => discovery::show(state, name, query).await,
             _ => method_not_allowed("GET"),
         },
+        ["services", service, "instances", id] => match *method {
+            Method::PUT => instances::register(state, service, id, req).await,
+            Method::DELETE => instances::deregister(state, service, id),
+            _ => method_not_allowed("PUT, DELETE"),
+        },
+        ["services", service, "instances", id, "heartbeat"] => match *method {
+            Method::PUT => instances::heartbeat(state, service, id),
+            _ => method_not_allowed("PUT"),
+        },
+        ["services", _, "instances", ..] => instances::slash_in_name(),
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
 }
@@ -41,48 +53,15 @@ async fn reload(state: &AdminState) -> AdminResponse {
     }
 }
 
-fn list_services(state: &AdminState) -> AdminResponse {
-    let table = state.publisher.table().load_full();
-    let services: Vec<Value> = table
-        .services
-        .iter()
-        .map(|s| {
-            json!({
-                "name": &*s.name,
-                "balance": s.policy.as_str(),
-                "instances": s.backends.len(),
-                "healthy": s.ready.len(),
-            })
-        })
-        .collect();
-    json(StatusCode::OK, &json!({ "services": services }))
-}
-
-fn show_service(state: &AdminState, name: &str) -> AdminResponse {
-    let table = state.publisher.table().load_full();
-    match table.service(name) {
-        Some(service) => json(StatusCode::OK, &service_json(service)),
-        None => error(StatusCode::NOT_FOUND, "no such service"),
-    }
-}
-
-fn service_json(service: &Service) -> Value {
-    let instances: Vec<Value> = service.backends.iter().map(|b| instance_json(b)).collect();
-    json!({
-        "name": &*service.name,
-        "balance": service.policy.as_str(),
-        "instances": instances,
-    })
-}
-
-fn instance_json(b: &Backend) -> Value {
+/// One backend as the listings show it (`discovery` adds the registry's fields).
+pub(super) fn instance_json(b: &Backend) -> Value {
     json!({
         "id": &*b.id,
         "address": &*b.address,
         "weight": b.weight(),
         "source": b.source.as_str(),
         "health": b.health().as_str(),
-        "ejected": false,
+        "ejected": b.is_ejected(),
         "draining": b.is_draining(),
         "active_requests": b.active_requests(),
         "expires_at": Value::Null,

@@ -6,6 +6,8 @@
 //! need it too when the admin listener is not on loopback.
 
 mod api;
+mod discovery;
+mod instances;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +23,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::reload::Reloader;
 use crate::table::Publisher;
 
@@ -28,6 +31,8 @@ use crate::table::Publisher;
 #[derive(Debug)]
 pub struct AdminState {
     pub publisher: Arc<Publisher>,
+    /// Registration endpoints write here; discovery reads its snapshots.
+    pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub reloader: Reloader,
     /// False until listeners are bound, and again while draining.
@@ -97,6 +102,10 @@ fn readiness(state: &AdminState) -> AdminResponse {
 
 fn metrics(state: &AdminState) -> AdminResponse {
     let table = state.publisher.table().load_full();
+    let registered = state.registry.snapshot();
+    state
+        .metrics
+        .set_registry_instances(registered.services().map(|(name, list)| (&**name, list.len())));
     let body = state.metrics.render(table.backends());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(

@@ -151,7 +151,14 @@ pub struct ServiceConfig {
     pub try_timeout: Option<Duration>,
     pub health_check: Option<HealthCheckConfig>,
     pub retry: RetryConfig,
+    /// Absent = no passive ejection.
     pub outlier: Option<OutlierConfig>,
+    /// Default 0 = unlimited: requests in flight per backend; a backend at its
+    /// limit is skipped, and when all are, the answer is a fast 503.
+    pub max_requests_per_backend: u32,
+    /// Default 0 = off. When fewer than this percentage of a service's backends
+    /// are ready (but at least one is), balance over all non-draining ones.
+    pub panic_threshold: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +214,9 @@ pub struct RetryConfig {
     pub idempotent_only: bool,
     /// Default 20.
     pub budget_percent: u32,
+    /// Default 65536: request bodies up to this size are kept so that they can
+    /// be sent again; larger ones are streamed and never retried once sent.
+    pub buffer_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +227,9 @@ pub struct OutlierConfig {
     pub base_ejection: Duration,
     /// Default 50.
     pub max_ejected_percent: u32,
+    /// Default false: whether 5xx answers count as failures (transport errors
+    /// and timeouts always do).
+    pub eject_on_5xx: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +253,14 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LogConfig {
     pub format: LogFormat,
+}
+
+impl Default for ServiceConfig {
+    /// The settings of a service declared with an empty table (also used for
+    /// services that only a route or a registration names).
+    fn default() -> Self {
+        validate::default_service()
+    }
 }
 
 impl Config {

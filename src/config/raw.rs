@@ -111,6 +111,8 @@ pub(super) struct RawService {
     pub health_check: Option<RawHealthCheck>,
     pub retry: Option<RawRetry>,
     pub outlier: Option<RawOutlier>,
+    pub max_requests_per_backend: Option<Int>,
+    pub panic_threshold: Option<Int>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -203,6 +205,7 @@ pub(super) struct RawRetry {
     pub on: Option<Vec<Text>>,
     pub idempotent_only: Option<bool>,
     pub budget_percent: Option<Int>,
+    pub buffer_bytes: Option<Int>,
 }
 
 /// `[services.NAME.outlier]`.
@@ -212,6 +215,7 @@ pub(super) struct RawOutlier {
     pub consecutive_failures: Option<Int>,
     pub base_ejection: Option<Text>,
     pub max_ejected_percent: Option<Int>,
+    pub eject_on_5xx: Option<bool>,
 }
 
 /// One `[[routes]]` entry.

@@ -154,7 +154,7 @@ fn default_registry() -> RegistryConfig {
     }
 }
 
-fn default_service() -> ServiceConfig {
+pub(super) fn default_service() -> ServiceConfig {
     ServiceConfig {
         balance: BalancePolicy::RoundRobin,
         backends: Vec::new(),
@@ -165,6 +165,8 @@ fn default_service() -> ServiceConfig {
         health_check: None,
         retry: default_retry(),
         outlier: None,
+        max_requests_per_backend: 0,
+        panic_threshold: 0,
     }
 }
 
@@ -193,6 +195,7 @@ fn default_retry() -> RetryConfig {
         ],
         idempotent_only: true,
         budget_percent: 20,
+        buffer_bytes: 64 * 1024,
     }
 }
 
@@ -201,6 +204,7 @@ fn default_outlier() -> OutlierConfig {
         consecutive_failures: 5,
         base_ejection: secs(30),
         max_ejected_percent: 50,
+        eject_on_5xx: false,
     }
 }
 
@@ -522,6 +526,8 @@ fn service(cx: &mut Ctx, name: &Text, raw: &RawService) -> ServiceConfig {
             .as_ref()
             .map_or(d.retry, |r| retry(cx, &k("retry"), r)),
         outlier: raw.outlier.as_ref().map(|o| outlier(cx, &k("outlier"), o)),
+        max_requests_per_backend: take!(cx, key, int(raw.max_requests_per_backend, d, 0..=U32_MAX)),
+        panic_threshold: take!(cx, key, int(raw.panic_threshold, d, 0..=100)),
     }
 }
 
@@ -602,6 +608,7 @@ fn retry(cx: &mut Ctx, key: &str, raw: &RawRetry) -> RetryConfig {
         on,
         idempotent_only: raw.idempotent_only.unwrap_or(d.idempotent_only),
         budget_percent: take!(cx, key, int(raw.budget_percent, d, 0..=100)),
+        buffer_bytes: take!(cx, key, int(raw.buffer_bytes, d, 0..=16 * 1024 * 1024)),
     }
 }
 
@@ -611,6 +618,7 @@ fn outlier(cx: &mut Ctx, key: &str, raw: &RawOutlier) -> OutlierConfig {
         consecutive_failures: take!(cx, key, int(raw.consecutive_failures, d, 1..=U32_MAX)),
         base_ejection: take!(cx, key, dur(raw.base_ejection, d)),
         max_ejected_percent: take!(cx, key, int(raw.max_ejected_percent, d, 0..=100)),
+        eject_on_5xx: raw.eject_on_5xx.unwrap_or(d.eject_on_5xx),
     }
 }
 
@@ -1244,12 +1252,14 @@ format = "json"
             on,
             idempotent_only: false,
             budget_percent: 0,
+            buffer_bytes: 64 * 1024,
         };
         assert_eq!(users.retry, retry);
         let outlier = OutlierConfig {
             consecutive_failures: 3,
             base_ejection: secs(60),
             max_ejected_percent: 100,
+            eject_on_5xx: false,
         };
         assert_eq!(users.outlier, Some(outlier));
         let route = |host: &str, prefix: &str, service: &str, strip| RouteConfig {

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,8 @@ fn poll_with_idle(
 #[derive(Debug)]
 pub enum UpstreamBody {
     Empty,
+    /// A body that a retry can send again (see [`ReplayBody`]).
+    Replay(ReplayBody),
     Stream {
         inner: Incoming,
         idle: IdleTimer,
@@ -105,7 +107,31 @@ pub enum UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub fn stream(inner: Incoming, idle_timeout: Duration, limit: u64) -> UpstreamBody {
+    /// The client's body, limited to `limit` bytes (0 = unlimited), aborted
+    /// after `idle_timeout` without progress; kept replayable up to `replay`
+    /// bytes.
+    pub fn from_client(
+        inner: Incoming,
+        idle_timeout: Duration,
+        limit: u64,
+        replay: u64,
+    ) -> UpstreamBody {
+        match UpstreamBody::stream(inner, idle_timeout, limit) {
+            UpstreamBody::Empty => UpstreamBody::Empty,
+            stream => UpstreamBody::Replay(ReplayBody::new(stream, replay)),
+        }
+    }
+
+    /// A body for one more attempt, if this one can be sent again.
+    pub fn again(&self) -> Option<UpstreamBody> {
+        match self {
+            UpstreamBody::Empty => Some(UpstreamBody::Empty),
+            UpstreamBody::Replay(body) => body.again().map(UpstreamBody::Replay),
+            UpstreamBody::Stream { .. } => None,
+        }
+    }
+
+    fn stream(inner: Incoming, idle_timeout: Duration, limit: u64) -> UpstreamBody {
         if inner.is_end_stream() {
             return UpstreamBody::Empty;
         }
@@ -129,6 +155,7 @@ impl Body for UpstreamBody {
         // Every field is Unpin (Incoming and the boxed Sleep), so plain access is fine.
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Replay(body) => Pin::new(body).poll_frame(cx),
             UpstreamBody::Stream {
                 inner,
                 idle,
@@ -150,6 +177,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
+            UpstreamBody::Replay(body) => body.is_end_stream(),
             UpstreamBody::Stream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -157,8 +185,146 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Replay(body) => body.size_hint(),
             UpstreamBody::Stream { inner, .. } => inner.size_hint(),
         }
+    }
+}
+
+/// A request body shared by the attempts of one request, so that a retry can
+/// send it again (linkerd's ReplayBody idea). The client's body stays in the
+/// shared state until an attempt polls it, so an attempt that failed before
+/// sending anything (connection refused) leaves it whole for the next one;
+/// the bytes an attempt does send are kept, up to `limit`, and replayed first
+/// by the next attempt. Past the limit the copy is dropped and the request is
+/// no longer replayable. The lock is per request, never shared between
+/// requests, and only one attempt polls at a time.
+#[derive(Debug)]
+pub struct ReplayBody {
+    shared: Arc<Mutex<Replay>>,
+    /// Frames of the shared buffer this attempt has already sent.
+    replayed: usize,
+}
+
+#[derive(Debug)]
+struct Replay {
+    source: UpstreamBody,
+    buffer: Vec<Bytes>,
+    buffered: u64,
+    limit: u64,
+    /// Something was sent that is not in the buffer: no further attempt.
+    spoiled: bool,
+    /// The source ended; trailers, if any, are kept for replays.
+    finished: bool,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl ReplayBody {
+    /// Wrap `source`, keeping up to `limit` bytes for replays.
+    pub fn new(source: UpstreamBody, limit: u64) -> ReplayBody {
+        let replay = Replay {
+            source,
+            buffer: Vec::new(),
+            buffered: 0,
+            limit,
+            spoiled: false,
+            finished: false,
+            trailers: None,
+        };
+        ReplayBody {
+            shared: Arc::new(Mutex::new(replay)),
+            replayed: 0,
+        }
+    }
+
+    /// A fresh body for the next attempt; `None` when the body can no longer
+    /// be sent whole.
+    pub fn again(&self) -> Option<ReplayBody> {
+        let replay = self.lock();
+        if replay.spoiled {
+            return None;
+        }
+        Some(ReplayBody {
+            shared: Arc::clone(&self.shared),
+            replayed: 0,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Replay> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Replay {
+    /// Keep a copy of `data` for the next attempt, if it fits.
+    fn keep(&mut self, data: &Bytes) {
+        if self.spoiled {
+            return;
+        }
+        let len = data.len() as u64;
+        if self.buffered + len > self.limit {
+            self.spoiled = true;
+            self.buffer = Vec::new();
+            return;
+        }
+        self.buffered += len;
+        self.buffer.push(data.clone());
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let shared = Arc::clone(&this.shared);
+        let mut replay = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(data) = replay.buffer.get(this.replayed) {
+            this.replayed += 1;
+            return Poll::Ready(Some(Ok(Frame::data(data.clone()))));
+        }
+        if replay.finished {
+            return Poll::Ready(replay.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        }
+        let frame = ready!(Pin::new(&mut replay.source).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    replay.keep(data);
+                    this.replayed = replay.buffer.len();
+                } else if let Some(trailers) = f.trailers_ref() {
+                    replay.trailers = Some(trailers.clone());
+                    replay.finished = true;
+                }
+            }
+            None => replay.finished = true,
+            Some(Err(_)) => replay.spoiled = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let replay = self.lock();
+        replay.finished && self.replayed >= replay.buffer.len() && replay.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let replay = self.lock();
+        let pending: u64 = replay.buffer[self.replayed.min(replay.buffer.len())..]
+            .iter()
+            .map(|b| b.len() as u64)
+            .sum();
+        let source = replay.source.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(source.lower() + pending);
+        if let Some(upper) = source.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 

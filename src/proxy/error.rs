@@ -8,7 +8,7 @@
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use super::body::{BodyError, ProxyBody};
+use super::body::ProxyBody;
 
 /// The header naming why Switchyard answered by itself.
 pub const ERROR_HEADER: &str = "x-switchyard-error";
@@ -23,14 +23,20 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request body too large")]
     BodyTooLarge,
+    #[error("request header section too large")]
+    HeadersTooLarge,
     #[error("request body timeout")]
     BodyTimeout,
-    #[error("client went away")]
-    ClientGone(#[source] BodyError),
+    #[error("client body failed")]
+    ClientGone,
+    #[error("every backend is at its request limit")]
+    LimitReached,
     #[error("backend connect failed")]
     Connect(#[source] hyper_util::client::legacy::Error),
     #[error("backend reset")]
     Reset(#[source] hyper_util::client::legacy::Error),
+    #[error("backend closed a reused connection before answering")]
+    Stale(#[source] hyper_util::client::legacy::Error),
     #[error("backend sent a bad response")]
     BadResponse(#[source] hyper_util::client::legacy::Error),
     #[error("backend timeout")]
@@ -43,12 +49,16 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadRequest(_) | ProxyError::ClientGone(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoHealthyBackend | ProxyError::LimitReached => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::BadRequest(_) | ProxyError::ClientGone => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Connect(_)
             | ProxyError::Reset(_)
+            | ProxyError::Stale(_)
             | ProxyError::BadResponse(_)
             | ProxyError::Unsupported(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -62,10 +72,12 @@ impl ProxyError {
             ProxyError::NoHealthyBackend => "no healthy backend",
             ProxyError::BadRequest(_) => "bad request",
             ProxyError::BodyTooLarge => "request body too large",
+            ProxyError::HeadersTooLarge => "request header fields too large",
             ProxyError::BodyTimeout => "request body timeout",
-            ProxyError::ClientGone(_) => "client went away",
+            ProxyError::ClientGone => "client body failed",
+            ProxyError::LimitReached => "backend limit reached",
             ProxyError::Connect(_) => "backend connect failed",
-            ProxyError::Reset(_) => "backend reset",
+            ProxyError::Reset(_) | ProxyError::Stale(_) => "backend reset",
             ProxyError::BadResponse(_) => "backend bad response",
             ProxyError::Timeout => "backend timeout",
             ProxyError::Unsupported(_) => "backend protocol not supported",
@@ -78,20 +90,44 @@ impl ProxyError {
             ProxyError::NoHealthyBackend => "503 no healthy backend\n",
             ProxyError::BadRequest(_) => "400 bad request\n",
             ProxyError::BodyTooLarge => "413 request body too large\n",
+            ProxyError::HeadersTooLarge => "431 request header fields too large\n",
             ProxyError::BodyTimeout => "408 request body timeout\n",
-            ProxyError::ClientGone(_) => "400 client body failed\n",
+            ProxyError::ClientGone => "400 client body failed\n",
+            ProxyError::LimitReached => "503 every backend is at its request limit\n",
             ProxyError::Connect(_) => "502 backend connect failed\n",
-            ProxyError::Reset(_) => "502 backend reset the connection\n",
+            ProxyError::Reset(_) | ProxyError::Stale(_) => "502 backend reset the connection\n",
             ProxyError::BadResponse(_) => "502 backend sent a bad response\n",
             ProxyError::Timeout => "504 backend timeout\n",
             ProxyError::Unsupported(_) => "502 backend protocol not supported\n",
         }
     }
 
-    /// Whether the request failed before any request byte could have reached
-    /// a backend, so that any method may be retried.
+    /// Whether nothing reached a backend (connection refused, or a reused
+    /// keep-alive connection that failed before any response byte), so that
+    /// any method may be retried.
     pub fn nothing_sent(&self) -> bool {
-        matches!(self, ProxyError::Connect(_))
+        matches!(self, ProxyError::Connect(_) | ProxyError::Stale(_))
+    }
+
+    /// Whether this failure says something about the backend's health
+    /// (client-side failures and the stale keep-alive race do not).
+    pub fn blames_backend(&self) -> bool {
+        match self {
+            ProxyError::Connect(_)
+            | ProxyError::Reset(_)
+            | ProxyError::BadResponse(_)
+            | ProxyError::Timeout => true,
+            ProxyError::NoRoute
+            | ProxyError::NoHealthyBackend
+            | ProxyError::LimitReached
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge
+            | ProxyError::HeadersTooLarge
+            | ProxyError::BodyTimeout
+            | ProxyError::ClientGone
+            | ProxyError::Stale(_)
+            | ProxyError::Unsupported(_) => false,
+        }
     }
 
     /// Build the local answer. `close` asks the client connection to close

@@ -64,6 +64,17 @@ pub fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), &'stat
     Ok(())
 }
 
+/// The size of a request head as sent (request line and header lines), for
+/// `max_header_bytes` below hyper's own 8 KiB floor.
+pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
+    let line = method.as_str().len() + uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
 /// Whether this HTTP/1.1 request asks for a protocol upgrade (WebSocket...).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)

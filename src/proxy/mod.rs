@@ -12,6 +12,7 @@ pub mod body;
 pub mod error;
 pub mod framing;
 pub mod headers;
+mod outlier;
 pub mod retry;
 pub mod upstream;
 
@@ -33,11 +34,15 @@ use ipnet::IpNet;
 use crate::backend::{ActiveGuard, Backend};
 use crate::config::UpstreamProtocol;
 use crate::routing::{self, Route};
-use crate::table::{Service, SharedTable, Table};
+use crate::table::{Publisher, Service, SharedTable, Table};
 use body::{BodyError, ProxyBody, RequestGuard, UpstreamBody};
 pub use error::ProxyError;
 use headers::Forwarded;
 use retry::{Attempt, Failure};
+
+/// hyper's smallest read buffer; heads over `max_header_bytes` above this
+/// are refused by hyper itself.
+pub const HYPER_MIN_BUF: usize = 8192;
 
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -46,10 +51,14 @@ static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 #[derive(Debug)]
 pub struct Proxy {
     pub table: SharedTable,
+    /// Nudged when passive health ejects a backend.
+    pub publisher: Arc<Publisher>,
     pub trusted_proxies: Vec<IpNet>,
     pub body_idle_timeout: Duration,
     /// 0 = unlimited.
     pub max_body_bytes: u64,
+    /// Checked here only when below hyper's 8 KiB floor (hyper enforces the rest).
+    pub max_header_bytes: usize,
     /// `https` on TLS listeners.
     pub tls: bool,
 }
@@ -112,6 +121,11 @@ impl ProxyService {
         if let Err(why) = headers::check_framing(req.version(), req.headers()) {
             return ProxyError::BadRequest(why).into_response(true);
         }
+        if self.proxy.max_header_bytes < HYPER_MIN_BUF
+            && headers::head_size(req.method(), req.uri(), req.headers()) > self.proxy.max_header_bytes
+        {
+            return ProxyError::HeadersTooLarge.into_response(http1);
+        }
         let table: Arc<Table> = self.proxy.table.load_full();
         let Some(route) = find_route(&table, &req) else {
             return ProxyError::NoRoute.into_response(unread_body && http1);
@@ -164,13 +178,18 @@ impl ProxyService {
         };
         headers::prepare_request(&mut parts.headers, &forwarded, upgrade);
         let path = upstream_path(route, &parts.uri)?;
-        let body = UpstreamBody::stream(body, self.proxy.body_idle_timeout, max);
+        let body = UpstreamBody::from_client(
+            body,
+            self.proxy.body_idle_timeout,
+            max,
+            fwd.service.settings.retry.buffer_bytes,
+        );
         let template = RequestTemplate {
             method: parts.method,
             path,
             headers: parts.headers,
         };
-        let (resp, guard) = send_with_retries(fwd, template, body).await?;
+        let (resp, guard) = send_with_retries(&self.proxy, fwd, template, body).await?;
         Ok(finish_response(
             fwd,
             resp,
@@ -215,10 +234,72 @@ fn backend_uri(backend: &Backend, path: &PathAndQuery) -> Uri {
     Uri::from_parts(parts).unwrap_or_default()
 }
 
-/// Up to this many attempts are remembered as "tried" (config caps retries at 10).
-const MAX_TRIES: usize = 11;
+/// How many picks one request remembers (attempts are capped at 11; the rest
+/// is room for backends skipped because they were at their request limit).
+const MAX_TRIED: usize = 16;
+
+/// Indices of the ready slice this request has tried or skipped.
+struct Tried {
+    list: [usize; MAX_TRIED],
+    len: usize,
+}
+
+impl Tried {
+    fn new() -> Tried {
+        Tried {
+            list: [0; MAX_TRIED],
+            len: 0,
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.list[..self.len]
+    }
+
+    /// Returns false when full.
+    fn push(&mut self, index: usize) -> bool {
+        if self.len == MAX_TRIED {
+            return false;
+        }
+        self.list[self.len] = index;
+        self.len += 1;
+        true
+    }
+}
+
+/// Pick a backend with room under the service's request limit, avoiding
+/// those already tried; a retry with nothing new left may reuse one.
+fn pick(service: &Service, tried: &mut Tried, retrying: bool) -> Result<usize, ProxyError> {
+    let limit = service.settings.max_requests_per_backend;
+    let mut saw_full = false;
+    loop {
+        let choice = service
+            .balancer
+            .pick(&service.ready, tried.as_slice())
+            .or_else(|| {
+                retrying
+                    .then(|| service.balancer.pick(&service.ready, &[]))
+                    .flatten()
+            });
+        let Some(index) = choice else {
+            return Err(if saw_full {
+                ProxyError::LimitReached
+            } else {
+                ProxyError::NoHealthyBackend
+            });
+        };
+        if limit == 0 || service.ready[index].active_requests() < limit {
+            return Ok(index);
+        }
+        saw_full = true;
+        if !tried.push(index) || retrying {
+            return Err(ProxyError::LimitReached);
+        }
+    }
+}
 
 async fn send_with_retries(
+    proxy: &Proxy,
     fwd: &Forwarding<'_>,
     template: RequestTemplate,
     body: UpstreamBody,
@@ -226,62 +307,70 @@ async fn send_with_retries(
     let service = fwd.service;
     let settings = &service.settings;
     let deadline = tokio::time::Instant::from_std(fwd.started + settings.request_timeout);
-    let replayable = body.is_end_stream();
-    let mut body = Some(body);
-    let mut tried = [0usize; MAX_TRIES];
-    let mut tries = 0usize;
+    service.budget.record_request(now_secs());
+    let mut tried = Tried::new();
+    let mut retries = 0u32;
     loop {
-        let Some(index) = service.balancer.pick(&service.ready, &tried[..tries]) else {
-            return Err(ProxyError::NoHealthyBackend);
-        };
-        tried[tries.min(MAX_TRIES - 1)] = index;
-        tries += 1;
+        let index = pick(service, &mut tried, retries > 0)?;
+        tried.push(index);
         let backend = &service.ready[index];
         let guard = backend.start_request();
-        let attempt_body = body.take().unwrap_or(UpstreamBody::Empty);
+        let attempt_body = body.again().unwrap_or(UpstreamBody::Empty);
         let req = template.build(backend, service.upstream.protocol, attempt_body);
         let try_deadline = settings
             .try_timeout
             .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
         let outcome = attempt(service, backend, req, try_deadline).await;
-        let attempt = Attempt {
+        outlier::observe(proxy, service, backend, &outcome);
+        let facts = Attempt {
             method: &template.method,
-            retries: (tries - 1) as u32,
-            replayable: replayable && tries < MAX_TRIES,
+            retries,
+            replayable: body.again().is_some(),
             try_timeout: settings.try_timeout.is_some() && tokio::time::Instant::now() < deadline,
         };
         let failure = match &outcome {
+            Ok(resp) if !resp.status().is_server_error() => return Ok((outcome?, guard)),
             Ok(resp) => Failure::Status(resp.status().as_u16()),
             Err(e) => Failure::Error(e),
         };
-        let retry = match &outcome {
-            Ok(resp) if !is_retryable_status(resp.status()) => false,
-            _ => retry::should_retry(&settings.retry, attempt, failure),
-        };
+        let retry = retry::should_retry(&settings.retry, facts, failure)
+            && service
+                .budget
+                .try_retry(now_secs(), settings.retry.budget_percent);
         if !retry {
             return outcome.map(|resp| (resp, guard));
         }
+        retries += 1;
         service.metrics.retries.inc();
         tracing::debug!(service = %service.name, backend = %backend.address, "retrying");
     }
 }
 
-fn is_retryable_status(status: StatusCode) -> bool {
-    status.is_server_error()
+/// Whole seconds on the process clock, for the retry budget's buckets.
+fn now_secs() -> u64 {
+    crate::backend::now_millis() / 1000
 }
 
 /// One attempt against one backend, classified and counted.
 async fn attempt(
     service: &Service,
     backend: &Backend,
-    req: Request<UpstreamBody>,
+    mut req: Request<UpstreamBody>,
     deadline: tokio::time::Instant,
 ) -> Result<Response<Incoming>, ProxyError> {
+    // Only requests that could not otherwise be retried pay for learning
+    // whether their connection was a reused one.
+    let watched =
+        (!retry::is_idempotent(req.method())).then(|| upstream::watch_connection(&mut req));
+    let started = Instant::now();
     let sent = tokio::time::timeout_at(deadline, service.upstream.client().request(req)).await;
     let result = match sent {
         Err(_elapsed) => Err(ProxyError::Timeout),
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(classify(e)),
+        Ok(Err(e)) => {
+            let reused = watched.is_some_and(|w| upstream::was_reused(&w, started));
+            Err(classify(e, reused))
+        }
     };
     let counter = match &result {
         Ok(resp) if !resp.status().is_server_error() => &backend.counters.ok,
@@ -296,7 +385,8 @@ async fn attempt(
 }
 
 /// Sort a client error into what the retry rules and the answer need.
-fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
+/// `reused`: the request went out on a pooled connection made earlier.
+fn classify(error: hyper_util::client::legacy::Error, reused: bool) -> ProxyError {
     if error.is_connect() {
         return ProxyError::Connect(error);
     }
@@ -306,7 +396,7 @@ fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
             return match body {
                 BodyError::TooLarge(_) => ProxyError::BodyTooLarge,
                 BodyError::Idle(_) => ProxyError::BodyTimeout,
-                BodyError::Stream(_) => ProxyError::ClientGone(BodyError::Idle(Duration::ZERO)),
+                BodyError::Stream(_) => ProxyError::ClientGone,
             };
         }
         if let Some(h) = cause.downcast_ref::<hyper::Error>() {
@@ -316,7 +406,11 @@ fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = cause.source();
     }
-    ProxyError::Reset(error)
+    if reused {
+        ProxyError::Stale(error)
+    } else {
+        ProxyError::Reset(error)
+    }
 }
 
 /// Turn the backend's answer into the client's, wiring up upgrades.

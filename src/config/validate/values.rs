@@ -1,0 +1,167 @@
+//! Value checks for everything that is not an address: integer ranges,
+//! durations, the registry store, paths, tokens, names, status ranges and
+//! retry conditions. Each is pure (only `read_env` looks at the environment);
+//! `Err` carries the one-sentence message that becomes the error's MESSAGE.
+
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::errors::key_segment;
+use crate::config::{RetryOn, StoreConfig};
+
+/// The upper bound of an "at least N" check (its message then omits the bound).
+pub(super) const NO_MAX: i64 = i64::MAX;
+pub(super) const U32_MAX: i64 = u32::MAX as i64;
+
+/// `n` in `range` and in `T`. A "huge" upper bound (a type's limit rather than
+/// a policy) is left out of the message unless `n` is above it.
+pub(super) fn in_range<T: TryFrom<i64>>(n: i64, range: &RangeInclusive<i64>) -> Result<T, String> {
+    let fits = range.contains(&n).then(|| T::try_from(n).ok()).flatten();
+    let (lo, hi) = (*range.start(), *range.end());
+    fits.ok_or_else(|| match (n < lo, hi >= U32_MAX) {
+        (true, true) => format!("must be at least {lo}, got {n}"),
+        (false, true) => format!("must be at most {hi}, got {n}"),
+        (_, false) => format!("must be from {lo} to {hi}, got {n}"),
+    })
+}
+
+pub(super) fn parse_duration(s: &str, zero_ok: bool) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("`{s}` is not a duration ({e}); write it like \"250ms\", \"2s\" or \"1m\"")
+    })?;
+    if d.is_zero() && !zero_ok {
+        return Err(format!("must be greater than zero, got `{s}`"));
+    }
+    Ok(d)
+}
+
+pub(super) fn parse_store(s: &str, base: &Path) -> Result<StoreConfig, String> {
+    if s == "memory" {
+        return Ok(StoreConfig::Memory);
+    }
+    if let Some(path) = s.strip_prefix("file:") {
+        return non_empty_path(path, base)
+            .map(StoreConfig::File)
+            .map_err(|_| "the file store needs a path, like \"file:data/registry.json\"".into());
+    }
+    match s.strip_prefix("etcd://") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(StoreConfig::Etcd(s.into())),
+        _ => Err(format!(
+            "store `{s}` must be \"memory\", \"file:PATH\" or \"etcd://HOST:PORT/PREFIX\""
+        )),
+    }
+}
+
+/// A non-empty path, made absolute against the config file's folder.
+pub(super) fn non_empty_path(s: &str, base: &Path) -> Result<PathBuf, String> {
+    if s.trim().is_empty() {
+        return Err("the path must not be empty".into());
+    }
+    let path = Path::new(s);
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    })
+}
+
+pub(super) fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_owned())
+}
+
+pub(super) fn read_env(name: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("the environment variable name must not be empty".into());
+    }
+    env_token(name, std::env::var(name))
+}
+
+/// The token from `token_env`'s lookup result (split out to test without `set_var`).
+pub(super) fn env_token(
+    name: &str,
+    value: Result<String, std::env::VarError>,
+) -> Result<String, String> {
+    match value {
+        Ok(v) if !v.is_empty() => Ok(v),
+        Ok(_) => Err(format!("environment variable `{name}` is empty")),
+        Err(std::env::VarError::NotPresent) => {
+            Err(format!("environment variable `{name}` is not set"))
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("environment variable `{name}` is not valid UTF-8"))
+        }
+    }
+}
+
+pub(super) fn parse_alpn(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 255 {
+        return Err(format!("ALPN protocol id `{s}` must be 1 to 255 bytes"));
+    }
+    Ok(s.to_owned())
+}
+
+/// Service names (table keys and `routes[].service`).
+pub(super) fn check_name(s: &str) -> Result<(), String> {
+    let chars_ok = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if (1..=128).contains(&s.len()) && chars_ok {
+        return Ok(());
+    }
+    Err(format!(
+        "service name `{s}` must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+    ))
+}
+
+/// The key of a service table, quoted when the name is not a bare TOML key.
+pub(super) fn service_key(name: &str) -> String {
+    format!("services.{}", key_segment(name))
+}
+
+pub(super) fn parse_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "path `{s}` must start with \"/\" and contain no spaces"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+pub(super) fn parse_header_host(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "host `{s}` must be non-empty and contain no spaces"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// "200-399" or "200", with 100 <= low <= high <= 599.
+pub(super) fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let (lo, hi) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>());
+    match (lo, hi) {
+        (Ok(lo), Ok(hi)) if 100 <= lo && lo <= hi && hi <= 599 => Ok((lo, hi)),
+        _ => Err(format!(
+            "`{s}` is not a status range like \"200-399\" or \"200\" (100 <= low <= high <= 599)"
+        )),
+    }
+}
+
+pub(super) fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
+    let code = (s.len() == 3).then(|| s.parse::<u16>().ok()).flatten();
+    match (s, code) {
+        ("connect_error", _) => Ok(RetryOn::ConnectError),
+        ("reset", _) => Ok(RetryOn::Reset),
+        ("timeout", _) => Ok(RetryOn::Timeout),
+        (_, Some(code)) if (400..=599).contains(&code) => Ok(RetryOn::Status(code)),
+        _ => Err(format!(
+            "`{s}` is not a retry condition: use \"connect_error\", \"reset\", \"timeout\" \
+             or a 4xx/5xx status like \"503\""
+        )),
+    }
+}

@@ -1,0 +1,323 @@
+//! Active health checks: one checker task per backend of every service that
+//! has a `[services.NAME.health_check]` table.
+//!
+//! The [`Supervisor`] watches the published table (it polls the `ArcSwap`
+//! pointer every [`POLL`]; a new pointer means a reload, a registration or a
+//! health change) and reconciles its tasks with it: it starts a checker for a
+//! backend it has not seen (configured and registered ones alike), stops the
+//! checker of a backend that left the table or started draining, and restarts
+//! one whose service's check settings changed — the backend keeps its health,
+//! because it is the same `Arc` the table carries over. A checker
+//! ([`checker`]) probes through the [`Probe`] seam ([`http`], [`tcp`]), feeds
+//! results to the pure threshold machine ([`counter`]), and on a transition
+//! sets the backend's health and nudges the publisher, which rebuilds the
+//! ready lists. The request path only ever reads the published table, so it
+//! never waits on a check.
+
+pub mod checker;
+pub mod counter;
+pub mod http;
+pub mod tcp;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Backend, Health};
+use crate::config::{HealthCheckConfig, HealthCheckKind};
+use crate::metrics::Metrics;
+use crate::table::{Publisher, Table};
+
+use checker::{CheckCounters, Checker, Start};
+pub use http::HttpProbe;
+pub use tcp::TcpProbe;
+
+/// How often the supervisor looks for a new table. Registered instances must
+/// join within a second (SPEC §3); this keeps their first check well inside.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// One health attempt against one address. Thresholds are not its business:
+/// it answers pass (`Ok`) or fail (`Err`, with why), within its own timeout.
+pub trait Probe: Send + Sync + 'static {
+    fn probe(&self, addr: SocketAddr) -> impl Future<Output = Result<(), ProbeError>> + Send;
+}
+
+/// Why a check failed (or could not be set up).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("bad or broken HTTP answer")]
+    Http(#[source] hyper::Error),
+    #[error("status {status} is outside the expected {}-{}", expected.0, expected.1)]
+    Status { status: u16, expected: (u16, u16) },
+    #[error("health check path cannot be sent")]
+    Uri(#[source] ::http::uri::InvalidUri),
+    #[error("health check Host header cannot be sent")]
+    Host(#[source] ::http::header::InvalidHeaderValue),
+}
+
+/// The probe a service's config asks for.
+#[derive(Debug, Clone)]
+pub enum AnyProbe {
+    Http(HttpProbe),
+    Tcp(TcpProbe),
+}
+
+impl AnyProbe {
+    pub fn new(config: &HealthCheckConfig, backend: &Backend) -> Result<AnyProbe, ProbeError> {
+        Ok(match config.kind {
+            HealthCheckKind::Http => AnyProbe::Http(HttpProbe::new(config, &backend.address)?),
+            HealthCheckKind::Tcp => AnyProbe::Tcp(TcpProbe::new(config.timeout)),
+        })
+    }
+}
+
+impl Probe for AnyProbe {
+    async fn probe(&self, addr: SocketAddr) -> Result<(), ProbeError> {
+        match self {
+            AnyProbe::Http(p) => p.probe(addr).await,
+            AnyProbe::Tcp(p) => p.probe(addr).await,
+        }
+    }
+}
+
+/// Service name and backend id: a backend's identity in the table.
+type Key = (Arc<str>, Arc<str>);
+
+/// A running checker, aborted when dropped.
+#[derive(Debug)]
+struct Running {
+    /// The backend it checks; a different `Arc` under the same key (the
+    /// address now resolves elsewhere) is a new backend.
+    backend: Arc<Backend>,
+    config: HealthCheckConfig,
+    task: tokio::task::JoinHandle<()>,
+    /// The reconcile pass that last saw it in the table.
+    seen: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Keeps exactly one checker per checked backend of the published table.
+/// Dropping it (or aborting its task) stops every checker.
+#[derive(Debug)]
+pub struct Supervisor {
+    publisher: Arc<Publisher>,
+    metrics: Metrics,
+    running: HashMap<Key, Running>,
+    pass: u64,
+}
+
+impl Supervisor {
+    pub fn new(publisher: Arc<Publisher>, metrics: Metrics) -> Supervisor {
+        Supervisor {
+            publisher,
+            metrics,
+            running: HashMap::new(),
+            pass: 0,
+        }
+    }
+
+    /// Reconcile with every new table until aborted.
+    pub async fn run(mut self) {
+        let mut last: Option<Arc<Table>> = None;
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let table = self.publisher.table().load_full();
+            // Holding the last table keeps its address from being reused.
+            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &table)) {
+                continue;
+            }
+            self.reconcile(&table);
+            last = Some(table);
+        }
+    }
+
+    /// Checked backends now running a checker.
+    pub fn checked(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Start, restart and stop checkers so that they match `table`.
+    pub fn reconcile(&mut self, table: &Table) {
+        self.pass += 1;
+        for service in &table.services {
+            let Some(config) = &service.settings.health_check else {
+                continue;
+            };
+            for backend in service.backends.iter().filter(|b| !b.is_draining()) {
+                self.ensure(backend, config);
+            }
+        }
+        // The rest left the table, started draining or lost their checks;
+        // dropping them aborts their tasks. (When checks are switched off the
+        // publisher itself marks the backends healthy again.)
+        let pass = self.pass;
+        self.running.retain(|_, r| r.seen == pass);
+    }
+
+    /// Make sure `backend` has a checker running `config`.
+    fn ensure(&mut self, backend: &Arc<Backend>, config: &HealthCheckConfig) {
+        let key = (Arc::clone(&backend.service), Arc::clone(&backend.id));
+        let start = match self.running.get_mut(&key) {
+            Some(r) if Arc::ptr_eq(&r.backend, backend) && r.config == *config => {
+                r.seen = self.pass;
+                return;
+            }
+            // Same backend, new settings: restart; it keeps its health.
+            Some(r) if Arc::ptr_eq(&r.backend, backend) => Start::Spread,
+            _ => Start::Now,
+        };
+        // A backend no check has judged yet takes no traffic: check it now.
+        let start = match backend.health() {
+            Health::Unknown => Start::Now,
+            _ => start,
+        };
+        // Dropping the old entry aborts its task before the new one starts.
+        self.running.remove(&key);
+        if let Some(task) = self.spawn(backend, config, start) {
+            let running = Running {
+                backend: Arc::clone(backend),
+                config: config.clone(),
+                task,
+                seen: self.pass,
+            };
+            self.running.insert(key, running);
+        }
+    }
+
+    fn spawn(
+        &self,
+        backend: &Arc<Backend>,
+        config: &HealthCheckConfig,
+        start: Start,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let probe = match AnyProbe::new(config, backend) {
+            Ok(probe) => probe,
+            Err(e) => {
+                let (service, backend) = (&*backend.service, &*backend.address);
+                let reason = checker::chain(&e);
+                tracing::error!(service, backend, %reason, "health check not started");
+                return None;
+            }
+        };
+        let checker = Checker {
+            probe,
+            backend: Arc::clone(backend),
+            publisher: Arc::clone(&self.publisher),
+            counters: self.counters(backend),
+            interval: config.interval,
+            healthy_threshold: config.healthy_threshold,
+            unhealthy_threshold: config.unhealthy_threshold,
+        };
+        Some(tokio::spawn(checker.run(start)))
+    }
+
+    fn counters(&self, backend: &Backend) -> CheckCounters {
+        let handle = |result: &str| {
+            self.metrics.health_checks.with_label_values(&[
+                &backend.service,
+                &backend.address,
+                result,
+            ])
+        };
+        CheckCounters {
+            success: handle("success"),
+            failure: handle("failure"),
+        }
+    }
+}
+
+/// Start the supervisor as a task; aborting the handle stops every checker.
+pub fn spawn(publisher: Arc<Publisher>, metrics: Metrics) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(Supervisor::new(publisher, metrics).run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    /// A config whose service `svc` lists `backends`, checked every `interval`
+    /// (`None`: no check table).
+    fn config(backends: &[&str], interval: Option<&str>) -> Arc<Config> {
+        let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+        let mut text = format!("[services.svc]\nbackends = [{}]\n", list.join(", "));
+        if let Some(interval) = interval {
+            text.push_str(&format!(
+                "[services.svc.health_check]\ninterval = \"{interval}\"\n"
+            ));
+        }
+        let config = Config::from_toml_str(&text, Path::new("/nonexistent/switchyard.toml"));
+        Arc::new(config.expect("valid test config"))
+    }
+
+    fn task_ids(s: &Supervisor) -> Vec<tokio::task::Id> {
+        let mut ids: Vec<_> = s.running.values().map(|r| r.task.id()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn reconcile_keeps_one_checker_per_checked_backend() {
+        // Port 1 on loopback refuses at once; the hour-long interval keeps
+        // each checker to its first check.
+        let (a, b) = ("127.0.0.1:1", "127.0.0.2:1");
+        let publisher = Arc::new(Publisher::new(config(&[a, b], Some("1h")), Metrics::new()));
+        let mut sup = Supervisor::new(Arc::clone(&publisher), Metrics::new());
+        let reconcile = |sup: &mut Supervisor| sup.reconcile(&publisher.table().load_full());
+
+        reconcile(&mut sup);
+        assert_eq!(sup.checked(), 2);
+        let ids = task_ids(&sup);
+        reconcile(&mut sup);
+        assert_eq!(task_ids(&sup), ids, "an unchanged table restarts nothing");
+
+        publisher.apply_config(config(&[b], Some("1h")));
+        reconcile(&mut sup);
+        assert_eq!(sup.checked(), 1, "a left the table");
+        let kept = task_ids(&sup);
+        assert!(ids.contains(&kept[0]), "b's checker was restarted");
+
+        publisher.apply_config(config(&[b], Some("2h")));
+        reconcile(&mut sup);
+        assert_eq!(sup.checked(), 1);
+        assert_ne!(task_ids(&sup), kept, "new settings restart the checker");
+
+        publisher.apply_config(config(&[b], None));
+        reconcile(&mut sup);
+        assert_eq!(sup.checked(), 0, "checks switched off");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_supervisor_aborts_its_checkers() {
+        let publisher = Arc::new(Publisher::new(
+            config(&["127.0.0.1:1"], Some("1h")),
+            Metrics::new(),
+        ));
+        let mut sup = Supervisor::new(Arc::clone(&publisher), Metrics::new());
+        sup.reconcile(&publisher.table().load_full());
+        let handle = sup.running.values().map(|r| r.task.abort_handle()).next();
+        drop(sup);
+        let handle = handle.expect("one checker");
+        for _ in 0..100 {
+            if handle.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(handle.is_finished());
+    }
+}

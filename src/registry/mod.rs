@@ -1,0 +1,462 @@
+//! The service registry: instances register over the admin API, renew their
+//! lease with heartbeats, and leave by deregistering or by letting it expire.
+//!
+//! [`Registry`] is the source of truth for registered instances. Writers (the
+//! admin handlers, the expiry task) take a short mutex over a sorted map;
+//! readers (the publisher's rebuilds, the admin listings, the store writer)
+//! get an immutable [`Snapshot`] from an `ArcSwap`. The snapshot is rebuilt
+//! lazily, by the first reader after a change, so a burst of 10,000
+//! registrations costs 10,000 O(log n) inserts plus one O(n) snapshot per
+//! reader pass (the publisher rebuilds at most every 20 ms), not 10,000
+//! copies. The request path never reads the registry at all: it sees
+//! registered instances only through the published table.
+//!
+//! Changes are announced on a `watch` channel carrying the registry's index
+//! (a counter of membership changes): the app forwards it to
+//! `Publisher::nudge`, and blocking queries wait on it. Heartbeats move a
+//! lease but change no membership, so they advance the data version (for the
+//! store and the listings) but not the index.
+//!
+//! # Layout
+//! - [`instance`]: the instance type and the validation of PUT bodies.
+//! - [`address`]: `host:port` parsing, resolution and the network policy.
+//! - [`lease`]: lease deadlines on the wall and monotonic clocks.
+//! - [`store`]: the `RegistryStore` seam; memory and file stores.
+//! - [`client`]: the `switchyard register` command's HTTP client.
+//! - [`error`]: `RegistryError`, every way a request is refused.
+
+pub mod address;
+pub mod client;
+pub mod error;
+pub mod instance;
+pub mod lease;
+pub mod store;
+mod tasks;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+pub use error::{NameKind, RegistryError};
+pub use instance::{Instance, Registration};
+pub use store::{RegistryStore, StoreError};
+
+use crate::config::RegistryConfig;
+use address::Policy;
+use error::Shown;
+use instance::check_name;
+use lease::{LeaseKey, Leases};
+
+/// (service, instance id): an instance's identity.
+type Key = (Arc<str>, Arc<str>);
+
+/// The registry; shared as `Arc<Registry>`.
+#[derive(Debug)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    /// Mirror of `Inner::version`, so a reader can tell without the lock
+    /// whether the published snapshot is current.
+    version: AtomicU64,
+    snapshot: ArcSwap<Snapshot>,
+    /// The membership index; the publisher and blocking queries watch it.
+    index: watch::Sender<u64>,
+    /// Wakes the expiry task when a lease may end before the one it sleeps on.
+    lease_added: Notify,
+    /// Wakes the store writer.
+    dirty: Notify,
+    store: Arc<dyn RegistryStore>,
+    /// Serialises saves (a late older save must never overwrite a newer
+    /// one) and remembers the version last saved.
+    saved: Arc<tokio::sync::Mutex<u64>>,
+    /// Switchyard's own listen addresses: never registrable (a loop).
+    own_listeners: Vec<SocketAddr>,
+}
+
+/// The mutable state, behind the writers' mutex.
+#[derive(Debug, Default)]
+struct Inner {
+    /// Sorted, so snapshots and listings come out in a stable order.
+    services: BTreeMap<Arc<str>, BTreeMap<Arc<str>, Entry>>,
+    leases: Leases<Key>,
+    /// Bumped by every change, heartbeats included.
+    version: u64,
+    /// Bumped by membership changes only (what the table and watchers see).
+    index: u64,
+    /// The deadline the expiry task sleeps until (`None`: until woken).
+    armed: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    instance: Arc<Instance>,
+    lease: Option<LeaseKey>,
+}
+
+/// An immutable view of every registered instance.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The data version it was taken at.
+    pub version: u64,
+    /// The membership index it was taken at.
+    pub index: u64,
+    /// Per service, instances sorted by id.
+    services: BTreeMap<Arc<str>, Vec<Arc<Instance>>>,
+}
+
+impl Snapshot {
+    /// Services with at least one registered instance, by name.
+    pub fn services(&self) -> impl Iterator<Item = (&Arc<str>, &[Arc<Instance>])> {
+        self.services.iter().map(|(name, list)| (name, list.as_slice()))
+    }
+
+    /// A service's instances (empty when none are registered).
+    pub fn service(&self, name: &str) -> &[Arc<Instance>] {
+        self.services.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn instance(&self, service: &str, id: &str) -> Option<&Arc<Instance>> {
+        let list = self.service(service);
+        list.binary_search_by(|i| (*i.id).cmp(id))
+            .ok()
+            .map(|at| &list[at])
+    }
+
+    /// All instances, service by service.
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        self.services.values().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+/// What a registration is checked against, from the running config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits<'a> {
+    pub config: &'a RegistryConfig,
+    /// The config declares the service or a route names it (so a
+    /// registration does not *create* it).
+    pub declared: bool,
+}
+
+impl Registry {
+    /// Load what `store` holds, dropping expired leases and instances the
+    /// current policy refuses (both logged). `own_listeners` are the bound
+    /// listen addresses, refused as registration targets.
+    pub fn open(
+        store: Arc<dyn RegistryStore>,
+        config: &RegistryConfig,
+        own_listeners: Vec<SocketAddr>,
+    ) -> Result<Registry, StoreError> {
+        let loaded = store.load()?;
+        let registry = Registry {
+            inner: Mutex::new(Inner::default()),
+            version: AtomicU64::new(0),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            index: watch::Sender::new(0),
+            lease_added: Notify::new(),
+            dirty: Notify::new(),
+            store,
+            saved: Arc::new(tokio::sync::Mutex::new(0)),
+            own_listeners,
+        };
+        registry.restore(loaded, config);
+        Ok(registry)
+    }
+
+    /// An empty registry on a memory store (tests, tools).
+    pub fn in_memory(config: &RegistryConfig, own_listeners: Vec<SocketAddr>) -> Registry {
+        let store = Arc::new(store::MemoryStore::default());
+        match Registry::open(store, config, own_listeners) {
+            Ok(registry) => registry,
+            Err(e) => unreachable!("a memory store cannot fail to load: {e}"),
+        }
+    }
+
+    fn restore(&self, loaded: Vec<Instance>, config: &RegistryConfig) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut inner = self.lock();
+        let (mut expired, mut refused, mut kept) = (0, 0, 0);
+        for instance in loaded {
+            let deadline = match instance.expires_at {
+                None => None,
+                Some(at) => match lease::remaining(at, wall) {
+                    Some(left) => Some(now + left),
+                    None => {
+                        expired += 1;
+                        continue;
+                    }
+                },
+            };
+            if let Err(reason) = address::classify(instance.resolved, &self.policy(config)) {
+                tracing::warn!(service = %instance.service, id = %instance.id, address = %instance.address, %reason, "dropping a stored registration the current policy refuses");
+                refused += 1;
+                continue;
+            }
+            inner.upsert(Arc::new(instance), deadline);
+            kept += 1;
+        }
+        // Version 1: newer than the empty initial snapshot, and what the
+        // store already holds (nothing to write back).
+        inner.version = 1;
+        self.version.store(1, Ordering::Release);
+        drop(inner);
+        if let Ok(mut saved) = self.saved.try_lock() {
+            *saved = 1;
+        }
+        if expired + refused + kept > 0 {
+            tracing::info!(kept, expired, refused, "registry store loaded");
+        }
+    }
+
+    fn policy<'a>(&'a self, config: &'a RegistryConfig) -> Policy<'a> {
+        Policy {
+            allowed: config.allowed_networks.as_deref(),
+            own: &self.own_listeners,
+            is_local: &address::is_local_ip,
+        }
+    }
+
+    /// Register or update `service`/`id` (idempotent): validate, resolve and
+    /// check the address, then upsert with a fresh lease.
+    pub async fn register(
+        &self,
+        limits: Limits<'_>,
+        service: &str,
+        id: &str,
+        registration: Registration,
+    ) -> Result<Arc<Instance>, RegistryError> {
+        check_name(NameKind::Service, service)?;
+        check_name(NameKind::Instance, id)?;
+        // Resolve before taking the lock: DNS may take a while.
+        let resolved = address::resolve(&registration.address).await?;
+        let resolved = address::classify(resolved, &self.policy(limits.config)).map_err(
+            |reason| RegistryError::Refused {
+                address: Shown::new(&registration.address),
+                ip: address::canonical(resolved.ip()),
+                reason,
+            },
+        )?;
+        let ttl = registration.ttl.unwrap_or(limits.config.default_ttl);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let lease = lease::start(ttl, now, wall);
+        let instance = Arc::new(Instance {
+            service: Arc::from(service),
+            id: Arc::from(id),
+            address: Arc::from(registration.address.as_str()),
+            resolved,
+            weight: registration.weight,
+            ttl,
+            expires_at: lease.map(|(_, wall)| wall),
+            metadata: Arc::new(registration.metadata),
+        });
+        let mut inner = self.lock();
+        inner.admit(limits, service, id)?;
+        let membership = inner.upsert(Arc::clone(&instance), lease.map(|(at, _)| at));
+        self.changed(inner, membership, lease.map(|(at, _)| at));
+        Ok(instance)
+    }
+
+    /// Renew a lease with the instance's own ttl. An unknown instance, or one
+    /// whose lease has ended (even if the expiry task has not run yet), is
+    /// `NotFound`: the client must register again.
+    pub fn heartbeat(&self, service: &str, id: &str) -> Result<Arc<Instance>, RegistryError> {
+        check_name(NameKind::Service, service)?;
+        check_name(NameKind::Instance, id)?;
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some((old, lease)) = inner.get(service, id).map(|e| (Arc::clone(&e.instance), e.lease))
+        else {
+            return Err(not_found(service, id));
+        };
+        if lease.is_some_and(|key| key.deadline() <= now) {
+            inner.remove(service, id);
+            self.changed(inner, true, None);
+            return Err(not_found(service, id));
+        }
+        let Some((deadline, wall)) = lease::start(old.ttl, now, SystemTime::now()) else {
+            return Ok(old);
+        };
+        let instance = Arc::new(Instance {
+            expires_at: Some(wall),
+            ..Instance::clone(&old)
+        });
+        inner.upsert(Arc::clone(&instance), Some(deadline));
+        self.changed(inner, false, Some(deadline));
+        Ok(instance)
+    }
+
+    /// Remove `service`/`id`; the table drains it if requests are in flight.
+    pub fn deregister(&self, service: &str, id: &str) -> Result<Arc<Instance>, RegistryError> {
+        check_name(NameKind::Service, service)?;
+        check_name(NameKind::Instance, id)?;
+        let mut inner = self.lock();
+        let removed = inner.remove(service, id).ok_or_else(|| not_found(service, id))?;
+        self.changed(inner, true, None);
+        Ok(removed)
+    }
+
+    /// Drop every lease that ended at or before `now`; returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut inner = self.lock();
+        let expired = inner.leases.pop_expired(now);
+        for (service, id) in &expired {
+            if let Some(entry) = inner.detach(service, id) {
+                tracing::info!(%service, %id, address = %entry.instance.address, "registration expired");
+            }
+        }
+        let count = expired.len();
+        if count > 0 {
+            self.changed(inner, true, None);
+        }
+        count
+    }
+
+    /// The current snapshot. Lock-free when nothing changed since the last
+    /// one; otherwise the first caller rebuilds it (O(n), under the writers'
+    /// mutex) and later callers share it.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let current = self.snapshot.load_full();
+        if current.version == self.version.load(Ordering::Acquire) {
+            return current;
+        }
+        let inner = self.lock();
+        let current = self.snapshot.load_full();
+        if current.version == inner.version {
+            return current;
+        }
+        let fresh = Arc::new(inner.snapshot());
+        self.snapshot.store(Arc::clone(&fresh));
+        fresh
+    }
+
+    /// The membership index now.
+    pub fn index(&self) -> u64 {
+        *self.index.borrow()
+    }
+
+    /// A receiver that sees the index advance on every membership change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.index.subscribe()
+    }
+
+    /// Publish a change made under `inner`: bump versions, wake the writer,
+    /// the expiry task (when a new lease may end first) and watchers.
+    fn changed(&self, mut inner: MutexGuard<'_, Inner>, membership: bool, lease: Option<Instant>) {
+        inner.version += 1;
+        self.version.store(inner.version, Ordering::Release);
+        if membership {
+            inner.index += 1;
+        }
+        let index = inner.index;
+        let wake_expiry = lease.is_some_and(|at| inner.armed.map_or(true, |armed| at < armed));
+        drop(inner);
+        self.dirty.notify_one();
+        if wake_expiry {
+            self.lease_added.notify_one();
+        }
+        if membership {
+            self.index.send_replace(index);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation completes before the guard drops; a panic cannot
+        // leave a half-made change behind.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn not_found(service: &str, id: &str) -> RegistryError {
+    RegistryError::NotFound {
+        service: service.to_owned(),
+        id: id.to_owned(),
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn get(&self, service: &str, id: &str) -> Option<&Entry> {
+        self.services.get(service)?.get(id)
+    }
+
+    /// Refuse a registration that would create a service or pass the limit.
+    fn admit(&self, limits: Limits<'_>, service: &str, id: &str) -> Result<(), RegistryError> {
+        let existing = self.services.get(service);
+        if existing.is_none() && !limits.declared && !limits.config.allow_new_services {
+            return Err(RegistryError::NewService(service.to_owned()));
+        }
+        let count = existing.map_or(0, BTreeMap::len);
+        let max = limits.config.max_instances_per_service;
+        if count >= max && existing.map_or(true, |m| !m.contains_key(id)) {
+            return Err(RegistryError::TooManyInstances {
+                service: service.to_owned(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Insert or replace; returns whether membership changed (anything but
+    /// the lease's end differs).
+    fn upsert(&mut self, instance: Arc<Instance>, deadline: Option<Instant>) -> bool {
+        let key: Key = (Arc::clone(&instance.service), Arc::clone(&instance.id));
+        let old = self.detach(&key.0, &key.1);
+        let lease = deadline.map(|at| self.leases.insert(at, key.clone()));
+        let changed = old.map_or(true, |old| !old.instance.same_registration(&instance));
+        self.services
+            .entry(key.0)
+            .or_default()
+            .insert(key.1, Entry { instance, lease });
+        changed
+    }
+
+    fn remove(&mut self, service: &str, id: &str) -> Option<Arc<Instance>> {
+        self.detach(service, id).map(|entry| entry.instance)
+    }
+
+    /// Take an entry out of the maps and its lease out of the index; a
+    /// service left without instances disappears.
+    fn detach(&mut self, service: &str, id: &str) -> Option<Entry> {
+        let instances = self.services.get_mut(service)?;
+        let entry = instances.remove(id)?;
+        if instances.is_empty() {
+            self.services.remove(service);
+        }
+        if let Some(key) = entry.lease {
+            self.leases.remove(key);
+        }
+        Some(entry)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let services = self
+            .services
+            .iter()
+            .map(|(name, entries)| {
+                let list = entries.values().map(|e| Arc::clone(&e.instance)).collect();
+                (Arc::clone(name), list)
+            })
+            .collect();
+        Snapshot {
+            version: self.version,
+            index: self.index,
+            services,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

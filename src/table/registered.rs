@@ -1,0 +1,363 @@
+//! Registered instances in the published table.
+//!
+//! The publisher merges the registry's snapshot into every rebuild: a service
+//! may be declared in the config, named by a route, or exist only in the
+//! registry, and its configured and registered backends balance together.
+//! Registered backends are kept here, apart from configured ones, keyed by
+//! (service, instance id), so the two can never collide even when an id looks
+//! like an address. A registered backend survives rebuilds while it stays
+//! registered at the same resolved address (a new weight is applied in
+//! place); a new address makes a new backend.
+//!
+//! Deregistration drains: an instance that leaves the registry (DELETE or
+//! lease expiry) while requests are in flight on it stays in the service's
+//! `backends`, marked draining (so never in `ready`), until its in-flight
+//! count reaches zero; [`Publisher::run_drain_sweeper`] republishes when that
+//! happens, and the backend disappears.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Publisher, State};
+use crate::backend::{Backend, Health, Source};
+use crate::config::ServiceConfig;
+use crate::metrics::Metrics;
+use crate::registry::{Instance, Registry, Snapshot};
+
+/// How often the sweeper looks for finished drains.
+const DRAIN_SWEEP: Duration = Duration::from_millis(250);
+
+/// (service, instance id).
+type Key = (Arc<str>, Arc<str>);
+
+/// The registry's share of the publisher's state.
+#[derive(Debug, Default)]
+pub(super) struct Registered {
+    registry: Option<Arc<Registry>>,
+    /// The snapshot the current rebuild merges, taken once per rebuild so
+    /// every service sees the same registry state.
+    snapshot: Arc<Snapshot>,
+    /// Registered backends in the table, by (service, id).
+    live: HashMap<Key, Arc<Backend>>,
+    /// Left the registry with requests in flight: listed, never picked.
+    draining: Vec<Arc<Backend>>,
+    /// Left the table in this rebuild; their metric series go in `finish`.
+    gone: Vec<Arc<Backend>>,
+}
+
+impl Registered {
+    /// Start a rebuild: take the registry's snapshot, retire backends that
+    /// left it, end finished drains, and return `names` plus every service
+    /// that has registered or draining backends, sorted.
+    pub(super) fn begin(&mut self, names: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        self.snapshot = self
+            .registry
+            .as_ref()
+            .map(|r| r.snapshot())
+            .unwrap_or_default();
+        self.retire_departed();
+        self.revive_or_end_drains();
+        let mut all: Vec<Arc<str>> = names;
+        all.extend(self.snapshot.services().map(|(name, _)| Arc::clone(name)));
+        all.extend(self.draining.iter().map(|b| Arc::clone(&b.service)));
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// Live backends whose registration ended, or whose address changed.
+    fn retire_departed(&mut self) {
+        let snapshot = Arc::clone(&self.snapshot);
+        let mut departed = Vec::new();
+        self.live.retain(|(service, id), backend| {
+            let stays = snapshot
+                .instance(service, id)
+                .is_some_and(|i| i.resolved == backend.resolved);
+            if !stays {
+                departed.push(Arc::clone(backend));
+            }
+            stays
+        });
+        for backend in departed {
+            self.retire(backend);
+        }
+    }
+
+    /// Drain a backend with requests in flight; forget one without.
+    fn retire(&mut self, backend: Arc<Backend>) {
+        if backend.active_requests() > 0 {
+            backend.set_draining(true);
+            tracing::info!(service = %backend.service, id = %backend.id, active = backend.active_requests(), "registered instance left; draining");
+            self.draining.push(backend);
+        } else {
+            self.gone.push(backend);
+        }
+    }
+
+    /// A draining backend registered again at the same address comes back
+    /// (keeping its counters); one whose requests all finished goes.
+    fn revive_or_end_drains(&mut self) {
+        for backend in std::mem::take(&mut self.draining) {
+            let key = (Arc::clone(&backend.service), Arc::clone(&backend.id));
+            let back = !self.live.contains_key(&key)
+                && self
+                    .snapshot
+                    .instance(&key.0, &key.1)
+                    .is_some_and(|i| i.resolved == backend.resolved);
+            if back {
+                backend.set_draining(false);
+                self.live.insert(key, backend);
+            } else if backend.active_requests() == 0 {
+                tracing::info!(service = %backend.service, id = %backend.id, "drain finished");
+                self.gone.push(backend);
+            } else {
+                self.draining.push(backend);
+            }
+        }
+    }
+
+    /// Append `service`'s registered backends (new ones created) and its
+    /// draining ones to `backends`.
+    pub(super) fn add(
+        &mut self,
+        service: &Arc<str>,
+        settings: &ServiceConfig,
+        backends: &mut Vec<Arc<Backend>>,
+        metrics: &Metrics,
+    ) {
+        let snapshot = Arc::clone(&self.snapshot);
+        for instance in snapshot.service(service) {
+            let key = (Arc::clone(service), Arc::clone(&instance.id));
+            let backend = match self.live.get(&key) {
+                Some(existing) => {
+                    existing.set_weight(instance.weight);
+                    Arc::clone(existing)
+                }
+                None => {
+                    let fresh = new_backend(instance, settings, metrics);
+                    self.live.insert(key, Arc::clone(&fresh));
+                    fresh
+                }
+            };
+            backends.push(backend);
+        }
+        let draining = self.draining.iter().filter(|b| b.service == *service);
+        backends.extend(draining.cloned());
+    }
+
+    /// End a rebuild: drop the metric series of backends that left, unless
+    /// a backend still in the table reports under the same labels.
+    pub(super) fn finish(
+        &mut self,
+        metrics: &Metrics,
+        configured: &HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
+    ) {
+        if self.gone.is_empty() {
+            return;
+        }
+        let in_use: HashSet<(&str, &str)> = configured
+            .values()
+            .chain(self.live.values())
+            .chain(self.draining.iter())
+            .map(|b| (&*b.service, &*b.address))
+            .collect();
+        for backend in &self.gone {
+            if !in_use.contains(&(&*backend.service, &*backend.address)) {
+                metrics.forget_backend(&backend.service, &backend.address);
+            }
+        }
+        self.gone.clear();
+    }
+
+    /// Whether a draining backend has finished (time to republish).
+    fn drains_finished(&self) -> bool {
+        self.draining.iter().any(|b| b.active_requests() == 0)
+    }
+}
+
+/// A backend for a registered instance. With active checks it starts
+/// `Unknown` and takes no traffic until a check passes (SPEC §2), like a
+/// configured one.
+fn new_backend(instance: &Instance, settings: &ServiceConfig, metrics: &Metrics) -> Arc<Backend> {
+    let backend = Backend::new(
+        Arc::clone(&instance.service),
+        Arc::clone(&instance.id),
+        Arc::clone(&instance.address),
+        instance.resolved,
+        instance.weight,
+        Source::Registry,
+        metrics.backend_counters(&instance.service, &instance.address),
+    );
+    if settings.health_check.is_some() {
+        backend.set_health(Health::Unknown);
+    }
+    Arc::new(backend)
+}
+
+// === impl Publisher ===
+
+impl Publisher {
+    /// Merge `registry`'s instances into every rebuild from now on, and
+    /// publish at once (instances loaded from a durable store included).
+    pub fn attach_registry(&self, registry: Arc<Registry>) {
+        let mut state = self.lock();
+        state.registered.registry = Some(registry);
+        let table = state.rebuild();
+        self.table.store(Arc::new(table));
+    }
+
+    /// Republish whenever a draining backend's last request has finished, so
+    /// it leaves the listings; runs until aborted.
+    pub async fn run_drain_sweeper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(DRAIN_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let finished = self.lock().registered.drains_finished();
+            if finished {
+                self.republish();
+            }
+        }
+    }
+}
+
+impl State {
+    /// Registered backends in the table now, draining ones included (tests).
+    #[cfg(test)]
+    fn registered_backends(&self) -> usize {
+        self.registered.live.len() + self.registered.draining.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::Map;
+
+    use super::*;
+    use crate::config::{Config, RegistryConfig};
+    use crate::registry::{Limits, Registration};
+    use crate::table::Table;
+
+    async fn setup(config_toml: &str) -> (Arc<Publisher>, Arc<Registry>, RegistryConfig) {
+        let config = Config::from_toml_str(config_toml, std::path::Path::new("/tmp/t.toml"))
+            .expect("test config");
+        let registry_config = config.registry.clone();
+        let publisher = Arc::new(Publisher::new(Arc::new(config), Metrics::new()));
+        let registry = Arc::new(Registry::in_memory(&registry_config, vec![]));
+        publisher.attach_registry(Arc::clone(&registry));
+        (publisher, registry, registry_config)
+    }
+
+    async fn register(registry: &Registry, config: &RegistryConfig, service: &str, id: &str, address: &str, weight: u32) {
+        let limits = Limits {
+            config,
+            declared: false,
+        };
+        let registration = Registration {
+            address: address.into(),
+            weight,
+            ttl: Some(Duration::ZERO),
+            metadata: Map::new(),
+        };
+        registry
+            .register(limits, service, id, registration)
+            .await
+            .expect("register");
+    }
+
+    fn ids(table: &Table, service: &str) -> Vec<(String, &'static str, bool)> {
+        let Some(service) = table.service(service) else {
+            return Vec::new();
+        };
+        service
+            .backends
+            .iter()
+            .map(|b| (b.id.to_string(), b.source.as_str(), service.ready.iter().any(|r| Arc::ptr_eq(r, b))))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn registered_and_configured_backends_balance_together() {
+        let (publisher, registry, rc) =
+            setup("[services.users]\nbackends = [\"127.0.0.1:9001\"]\n").await;
+        register(&registry, &rc, "users", "web-1", "127.0.0.1:9001", 1).await;
+        register(&registry, &rc, "orders", "o-1", "127.0.0.1:9101", 1).await;
+        publisher.republish();
+        let table = publisher.table().load_full();
+        assert_eq!(
+            ids(&table, "users"),
+            [
+                ("127.0.0.1:9001".into(), "config", true),
+                ("web-1".into(), "registry", true)
+            ],
+            "the same address, configured and registered: two backends"
+        );
+        assert_eq!(ids(&table, "orders"), [("o-1".into(), "registry", true)]);
+    }
+
+    #[tokio::test]
+    async fn a_backend_survives_rebuilds_and_takes_new_weights_in_place() {
+        let (publisher, registry, rc) = setup("").await;
+        register(&registry, &rc, "users", "a", "127.0.0.1:9001", 1).await;
+        publisher.republish();
+        let first = Arc::clone(&publisher.table().load_full().service("users").unwrap().backends[0]);
+        register(&registry, &rc, "users", "a", "127.0.0.1:9001", 7).await;
+        publisher.republish();
+        let second = Arc::clone(&publisher.table().load_full().service("users").unwrap().backends[0]);
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(second.weight(), 7);
+        register(&registry, &rc, "users", "a", "127.0.0.1:9002", 7).await;
+        publisher.republish();
+        let third = Arc::clone(&publisher.table().load_full().service("users").unwrap().backends[0]);
+        assert!(!Arc::ptr_eq(&second, &third), "a new address is a new backend");
+    }
+
+    #[tokio::test]
+    async fn a_deregistered_backend_drains_then_disappears() {
+        let (publisher, registry, rc) = setup("").await;
+        register(&registry, &rc, "users", "a", "127.0.0.1:9001", 1).await;
+        register(&registry, &rc, "users", "b", "127.0.0.1:9002", 1).await;
+        publisher.republish();
+        let a = Arc::clone(&publisher.table().load_full().service("users").unwrap().backends[0]);
+        let in_flight = a.start_request();
+        registry.deregister("users", "a").expect("deregister");
+        publisher.republish();
+        let table = publisher.table().load_full();
+        assert_eq!(
+            ids(&table, "users"),
+            [("b".into(), "registry", true), ("a".into(), "registry", false)]
+        );
+        assert!(a.is_draining());
+        assert!(!publisher.lock().registered.drains_finished());
+        drop(in_flight);
+        assert!(publisher.lock().registered.drains_finished());
+        publisher.republish();
+        assert_eq!(ids(&publisher.table().load_full(), "users"), [("b".into(), "registry", true)]);
+        assert_eq!(publisher.lock().registered_backends(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_registry_only_service_goes_with_its_last_instance() {
+        let (publisher, registry, rc) = setup("").await;
+        register(&registry, &rc, "orders", "o-1", "127.0.0.1:9101", 1).await;
+        publisher.republish();
+        assert!(publisher.table().load_full().service("orders").is_some());
+        registry.deregister("orders", "o-1").expect("deregister");
+        publisher.republish();
+        assert!(publisher.table().load_full().service("orders").is_none());
+    }
+
+    #[tokio::test]
+    async fn with_active_checks_a_registered_backend_starts_unknown() {
+        let (publisher, registry, rc) =
+            setup("[services.users]\n[services.users.health_check]\npath = \"/\"\n").await;
+        register(&registry, &rc, "users", "a", "127.0.0.1:9001", 1).await;
+        publisher.republish();
+        let table = publisher.table().load_full();
+        assert_eq!(ids(&table, "users"), [("a".into(), "registry", false)]);
+        assert_eq!(table.service("users").unwrap().backends[0].health(), Health::Unknown);
+    }
+}
