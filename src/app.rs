@@ -2,7 +2,7 @@
 //! shutdown, then drains.
 //!
 //! `App::bind` does everything that can fail at start-up (binding sockets,
-//! loading the registry's store)
+//! loading TLS certificates, loading the registry's store)
 //! so that `main` can report it in one line; `App::run` serves until the
 //! given shutdown future resolves, then stops accepting, turns /readyz to
 //! 503, and waits up to `drain_timeout` for open connections to finish.
@@ -14,8 +14,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{AdminService, AdminState};
 use crate::config::Config;
@@ -25,6 +29,7 @@ use crate::proxy::{Proxy, ProxyService};
 use crate::registry::{self, Registry, StoreError};
 use crate::reload::Reloader;
 use crate::table::Publisher;
+use crate::tls::{self, TlsError};
 
 /// Admin connections allowed at once (the admin API is for operators and scrapers).
 const ADMIN_MAX_CONNECTIONS: usize = 256;
@@ -40,6 +45,10 @@ pub enum StartError {
     /// The registry's store cannot be read (the message names the file).
     #[error(transparent)]
     Registry(#[from] StoreError),
+    /// A TLS listener's certificate or key is unreadable or invalid (the
+    /// message names the file).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A bound, not yet serving, Switchyard.
@@ -51,6 +60,10 @@ pub struct App {
     registry: Arc<Registry>,
     reloader: Reloader,
     proxy_sockets: Vec<TcpListener>,
+    /// `[[proxy.tls]]` sockets with their certificates, loaded at bind.
+    tls_sockets: Vec<(TcpListener, Arc<ServerConfig>)>,
+    /// One connection builder for every proxy listener, plain or TLS.
+    http_builder: Arc<auto::Builder<TokioExecutor>>,
     admin_socket: TcpListener,
     ready: Arc<AtomicBool>,
 }
@@ -68,8 +81,15 @@ impl App {
             .iter()
             .map(|&addr| bind(addr))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls_sockets = config
+            .proxy
+            .tls
+            .iter()
+            .map(|t| Ok((bind(t.listen)?, tls::server_config(t)?)))
+            .collect::<Result<Vec<_>, StartError>>()?;
         let admin_socket = bind(config.admin.listen)?;
-        let registry = open_registry(&config, &proxy_sockets, &admin_socket)?;
+        let registry = open_registry(&config, &proxy_sockets, &tls_sockets, &admin_socket)?;
+        let http_builder = Arc::new(listener::http_builder(&config.proxy));
         let metrics = Metrics::new();
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
         publisher.attach_registry(Arc::clone(&registry));
@@ -81,6 +101,8 @@ impl App {
             registry,
             reloader,
             proxy_sockets,
+            tls_sockets,
+            http_builder,
             admin_socket,
             ready: Arc::new(AtomicBool::new(false)),
         })
@@ -91,6 +113,14 @@ impl App {
         self.proxy_sockets
             .iter()
             .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// The TLS listeners' real addresses, in config order.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_sockets
+            .iter()
+            .filter_map(|(s, _)| s.local_addr().ok())
             .collect()
     }
 
@@ -157,6 +187,8 @@ impl App {
         let publisher = Arc::clone(&self.publisher);
         let mut changes = self.registry.subscribe();
         let forward = async move {
+            // Registrations that came in before this task subscribed.
+            publisher.nudge();
             while changes.changed().await.is_ok() {
                 publisher.nudge();
             }
@@ -169,41 +201,66 @@ impl App {
         ]
     }
 
-    /// Moves the proxy sockets into their accept loops: when those end at
-    /// shutdown the sockets close, so new connections are refused at once.
+    /// Moves the proxy sockets, plain and TLS, into their accept loops: when
+    /// those end at shutdown the sockets close, so new connections are
+    /// refused at once. TLS listeners get their own `Proxy` only to say
+    /// `X-Forwarded-Proto: https`.
     fn spawn_proxy_listeners(&mut self, permits: &Arc<Semaphore>, stopped: watch::Receiver<bool>) {
+        let plain = Arc::new(self.proxy_settings(false));
+        for socket in std::mem::take(&mut self.proxy_sockets) {
+            self.spawn_proxy(socket, &plain, None, permits, &stopped);
+        }
+        let tls = Arc::new(self.proxy_settings(true));
+        for (socket, server_config) in std::mem::take(&mut self.tls_sockets) {
+            let acceptor = TlsAcceptor::from(server_config);
+            self.spawn_proxy(socket, &tls, Some(acceptor), permits, &stopped);
+        }
+    }
+
+    fn proxy_settings(&self, tls: bool) -> Proxy {
         let cfg = &self.config.proxy;
-        let proxy = Arc::new(Proxy {
+        Proxy {
             table: Arc::clone(self.publisher.table()),
             publisher: Arc::clone(&self.publisher),
             trusted_proxies: cfg.trusted_proxies.clone(),
             body_idle_timeout: cfg.body_idle_timeout,
             max_body_bytes: cfg.max_body_bytes,
             max_header_bytes: cfg.max_header_bytes,
-            tls: false,
-        });
-        let builder = Arc::new(listener::http_builder(cfg));
-        let timeouts = ConnTimeouts {
-            first_byte: cfg.header_read_timeout,
-            idle: cfg.idle_timeout,
-        };
-        for socket in std::mem::take(&mut self.proxy_sockets) {
-            let Ok(addr) = socket.local_addr() else {
-                continue;
-            };
-            tracing::info!("proxy listening on {addr}");
-            let proxy = Arc::clone(&proxy);
-            let l = Listener {
-                socket,
-                builder: Arc::clone(&builder),
-                make_service: move |peer| ProxyService::new(Arc::clone(&proxy), peer),
-                permits: Arc::clone(permits),
-                connections_open: self.metrics.connections_open(&addr.to_string()),
-                timeouts,
-                shutdown: stopped.clone(),
-            };
-            tokio::spawn(l.run());
+            tls,
         }
+    }
+
+    fn spawn_proxy(
+        &self,
+        socket: TcpListener,
+        proxy: &Arc<Proxy>,
+        tls: Option<TlsAcceptor>,
+        permits: &Arc<Semaphore>,
+        stopped: &watch::Receiver<bool>,
+    ) {
+        let Ok(addr) = socket.local_addr() else {
+            return;
+        };
+        let cfg = &self.config.proxy;
+        match tls {
+            Some(_) => tracing::info!("tls listening on {addr}"),
+            None => tracing::info!("proxy listening on {addr}"),
+        }
+        let proxy = Arc::clone(proxy);
+        let l = Listener {
+            socket,
+            builder: Arc::clone(&self.http_builder),
+            make_service: move |peer| ProxyService::new(Arc::clone(&proxy), peer),
+            permits: Arc::clone(permits),
+            connections_open: self.metrics.connections_open(&addr.to_string()),
+            timeouts: ConnTimeouts {
+                first_byte: cfg.header_read_timeout,
+                idle: cfg.idle_timeout,
+            },
+            shutdown: stopped.clone(),
+            tls,
+        };
+        tokio::spawn(l.run());
     }
 
     fn spawn_admin_listener(&self, permits: &Arc<Semaphore>, stopped: watch::Receiver<bool>) {
@@ -232,6 +289,7 @@ impl App {
                 idle: self.config.proxy.idle_timeout,
             },
             shutdown: stopped,
+            tls: None,
         };
         tokio::spawn(l.run());
     }
@@ -242,10 +300,12 @@ impl App {
 fn open_registry(
     config: &Config,
     proxy: &[TcpListener],
+    tls: &[(TcpListener, Arc<ServerConfig>)],
     admin: &TcpListener,
 ) -> Result<Arc<Registry>, StartError> {
     let mut own: Vec<SocketAddr> = proxy
         .iter()
+        .chain(tls.iter().map(|(s, _)| s))
         .chain(std::iter::once(admin))
         .filter_map(|s| s.local_addr().ok())
         .collect();

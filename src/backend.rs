@@ -78,6 +78,10 @@ pub struct Backend {
     pub resolved: SocketAddr,
     /// Pre-built URI authority, cloned (a refcount bump) into every upstream URI.
     pub authority: Authority,
+    /// `address` as a URI authority, for TLS backends: their connections are
+    /// pooled, named (SNI, verification) and sent `:authority` by the name as
+    /// written, and dialed at `resolved`. Equals `authority` for IP addresses.
+    pub named_authority: Authority,
     pub source: Source,
     pub counters: BackendCounters,
     /// Balancing weight; atomic because a re-registration may change it in place.
@@ -128,12 +132,15 @@ impl Backend {
         counters: BackendCounters,
     ) -> Backend {
         let authority = authority_for(resolved);
+        let named_authority =
+            Authority::try_from(address.as_ref()).unwrap_or_else(|_| authority.clone());
         Backend {
             service,
             id,
             address,
             resolved,
             authority,
+            named_authority,
             source,
             counters,
             weight: AtomicU32::new(weight.max(1)),

@@ -18,6 +18,7 @@
 //! - [`routing`]: host and path-prefix precedence.
 //! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
 //! - [`listener`]: accept loops, connection limits, idle timeouts, graceful close.
+//! - [`tls`]: rustls settings — listener certificates chosen by SNI, TLS to backends.
 //! - [`admin`]: /healthz, /readyz, /metrics and the /v1 API.
 //! - [`metrics`]: the owned Prometheus registry and pre-resolved handles.
 //! - [`registry`]: registered instances, leases, the durable store, the `register` client.
@@ -39,3 +40,4 @@ pub mod reload;
 pub mod routing;
 pub mod shutdown;
 pub mod table;
+pub mod tls;

@@ -6,6 +6,11 @@
 //! builder (HTTP/1.1 with upgrades, or h2c by prior knowledge) inside a task
 //! that also enforces the idle timeout and graceful shutdown. Accept errors
 //! (EMFILE...) back off and never end the loop. This module knows no route.
+//!
+//! On TLS listeners the handshake runs inside the connection's own task,
+//! bounded by the first-byte timeout (`header_read_timeout`), so a slow or
+//! silent client never holds up the accept loop; the decrypted stream is
+//! then served exactly like a plain one (ALPN `h2` or an h2 preface → HTTP/2).
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +29,7 @@ use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxyConfig;
 use crate::proxy::framing::RequestFraming;
@@ -70,6 +76,8 @@ pub struct Listener<M> {
     pub connections_open: IntGauge,
     pub timeouts: ConnTimeouts,
     pub shutdown: watch::Receiver<bool>,
+    /// `Some` on `[[proxy.tls]]` listeners: every connection is TLS.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl<M, S, B> Listener<M>
@@ -116,7 +124,10 @@ where
             gauge: OpenGauge::new(self.connections_open.clone()),
             _permit: permit,
         };
-        tokio::spawn(conn.serve(stream));
+        match &self.tls {
+            None => tokio::spawn(conn.serve(stream)),
+            Some(acceptor) => tokio::spawn(conn.serve_tls(acceptor.clone(), stream)),
+        };
     }
 }
 
@@ -155,6 +166,21 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    /// Handshake (bounded by the first-byte timeout, abandoned at shutdown),
+    /// then serve the decrypted stream.
+    async fn serve_tls(mut self, acceptor: TlsAcceptor, stream: TcpStream) {
+        let handshake = tokio::time::timeout(self.timeouts.first_byte, acceptor.accept(stream));
+        let tls = tokio::select! {
+            done = handshake => done,
+            _ = self.shutdown.changed() => return,
+        };
+        match tls {
+            Ok(Ok(tls)) => self.serve(tls).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        }
+    }
+
     async fn serve<I>(mut self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -17,10 +17,10 @@ use tokio::sync::Notify;
 
 use crate::backend::{Backend, Health, Source};
 use crate::balance::Balancer;
-use crate::config::{BalancePolicy, Config, ServiceConfig, UpstreamProtocol};
+use crate::config::{BalancePolicy, Config, ServiceConfig};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::proxy::retry::RetryBudget;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::{Upstream, UpstreamKey};
 use crate::routing::{RouteSpec, RouteTable};
 
 mod registered;
@@ -85,7 +85,7 @@ struct State {
     config: Arc<Config>,
     metrics: Metrics,
     backends: HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
-    clients: HashMap<(UpstreamProtocol, Duration), Upstream>,
+    clients: HashMap<UpstreamKey, Upstream>,
     service_metrics: HashMap<Arc<str>, Arc<ServiceMetrics>>,
     budgets: HashMap<Arc<str>, Arc<RetryBudget>>,
     /// Registered instances: their backends, drains, the registry handle.
@@ -199,6 +199,9 @@ impl State {
         self.registered.finish(&self.metrics, &self.backends);
         self.service_metrics.retain(|k, _| by_name.contains_key(k));
         self.budgets.retain(|k, _| by_name.contains_key(k));
+        // TLS pools are per service: drop those of removed services.
+        self.clients
+            .retain(|k, _| k.service().map_or(true, |s| by_name.contains_key(s)));
         Table {
             routes: route_table(&config, &by_name),
             services,
@@ -239,11 +242,13 @@ impl State {
             backends.iter().for_each(|b| b.set_health(Health::Healthy));
         }
         let ready = ready_backends(&backends, settings.panic_threshold);
+        let upstream = self.client(&name, &settings);
+        upstream.pin(&backends);
         Service {
             budget: Arc::clone(self.budgets.entry(Arc::clone(&name)).or_default()),
             balancer: Balancer::new(settings.balance, &ready),
             policy: settings.balance,
-            upstream: self.client(settings.protocol, settings.connect_timeout),
+            upstream,
             metrics: self.service_metrics(&name),
             name,
             backends,
@@ -270,10 +275,17 @@ impl State {
         ))
     }
 
-    fn client(&mut self, protocol: UpstreamProtocol, connect_timeout: Duration) -> Upstream {
+    fn client(&mut self, service: &Arc<str>, settings: &ServiceConfig) -> Upstream {
+        let key = UpstreamKey::new(service, settings);
+        if key.service().is_some() {
+            // A TLS pool belongs to one service: one whose TLS settings
+            // changed drops its old pool.
+            self.clients
+                .retain(|k, _| k.service() != Some(service) || *k == key);
+        }
         self.clients
-            .entry((protocol, connect_timeout))
-            .or_insert_with(|| Upstream::new(protocol, connect_timeout))
+            .entry(key)
+            .or_insert_with_key(Upstream::new)
             .clone()
     }
 

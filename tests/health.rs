@@ -1,6 +1,7 @@
 //! Active health checks end to end: real sockets on 127.0.0.1, the real app
-//! in-process, and backends whose `/healthz` answer each test flips (good,
-//! 500, hang, garbage, close, redirect, flapping). Intervals are short
+//! in-process, and keep-alive backends whose `/healthz` answer each test
+//! flips (good, 500, hang, garbage, close, redirect, flapping) — mostly on
+//! the connection the checker kept from its last passing check. Intervals are short
 //! (50–200 ms) and every wait is a bounded poll; the bounds are generous
 //! because the suite runs on a small, noisy box.
 
@@ -43,6 +44,7 @@ struct Shared {
     mode: Mutex<Mode>,
     health_hits: AtomicUsize,
     traffic: AtomicUsize,
+    accepts: AtomicUsize,
 }
 
 /// An HTTP/1.1 backend on `127.0.0.1:0`: `/healthz` follows [`Mode`], every
@@ -63,6 +65,7 @@ impl HealthBackend {
             mode: Mutex::new(mode),
             health_hits: AtomicUsize::new(0),
             traffic: AtomicUsize::new(0),
+            accepts: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         HealthBackend { addr, shared, task }
@@ -95,6 +98,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
+                    shared.accepts.fetch_add(1, Ordering::SeqCst);
                     conns.spawn(serve_conn(stream, Arc::clone(&shared)));
                 }
             }
@@ -123,46 +127,44 @@ async fn serve_conn(mut stream: TcpStream, shared: Arc<Shared>) {
     let mut buf = Vec::new();
     while let Some(head) = read_head(&mut stream, &mut buf).await {
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-        if path == "/healthz" {
+        let reply = if path == "/healthz" {
             let hit = shared.health_hits.fetch_add(1, Ordering::SeqCst);
             let mode = *shared.mode.lock().expect("mode lock");
-            answer_health(&mut stream, mode, hit).await;
-            return; // checks use a connection once
-        }
-        shared.traffic.fetch_add(1, Ordering::SeqCst);
-        let name = &shared.name;
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n{name}",
-            name.len()
-        );
+            match health_reply(mode, hit).await {
+                Some(reply) => reply,
+                None => return, // close (or, after a hang, give up)
+            }
+        } else {
+            shared.traffic.fetch_add(1, Ordering::SeqCst);
+            let name = &shared.name;
+            let len = name.len();
+            format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: {len}\r\n\r\n{name}")
+        };
+        // Keep-alive, like most servers: the checker may reuse the connection.
         if stream.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
     }
 }
 
-async fn answer_health(stream: &mut TcpStream, mode: Mode, hit: usize) {
-    let status = |code: u16| {
-        format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-    };
-    let reply = match mode {
+/// The answer to a check in `mode`; `None` = close without answering.
+async fn health_reply(mode: Mode, hit: usize) -> Option<String> {
+    let status = |code: u16| format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nok");
+    Some(match mode {
         Mode::Good => status(200),
         Mode::Status(code) => status(code),
         Mode::Flap if hit % 2 == 0 => status(200),
         Mode::Flap => status(500),
         Mode::Redirect => {
-            "HTTP/1.1 302 Found\r\nlocation: /ok\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                .to_string()
+            "HTTP/1.1 302 Found\r\nlocation: /ok\r\ncontent-length: 0\r\n\r\n".to_string()
         }
         Mode::Garbage => "SSH-2.0-OpenSSH_9.2\r\n\r\nnot http at all\r\n".to_string(),
-        Mode::Close => return,
+        Mode::Close => return None,
         Mode::Hang => {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            return;
+            return None;
         }
-    };
-    let _ = stream.write_all(reply.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    })
 }
 
 // ===== config and observation helpers =====
@@ -282,6 +284,19 @@ async fn the_first_check_of_a_new_backend_runs_at_once() {
     let app = start_app(&(base_toml() + &checked_service("svc", &addresses(&[&b]), check))).await;
     wait_health(app.admin, "svc", &b.address(), "healthy", WAIT).await;
     assert_eq!(b.health_hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_checks_reuse_one_connection() {
+    let b = HealthBackend::start("b", Mode::Good).await;
+    let check = check_lines(50, 1, 2);
+    let app = start_app(&(base_toml() + &checked_service("svc", &addresses(&[&b]), &check))).await;
+    eventually(WAIT, "ten checks", || async { b.health_hits() >= 10 }).await;
+    assert_eq!(b.shared.accepts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        health_of(app.admin, "svc", &b.address()).await.as_deref(),
+        Some("healthy")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -207,3 +207,53 @@ async fn binary_exits_nonzero_on_a_bad_config() {
     assert!(!out.status.success(), "started with a bad config");
     assert!(stderr.contains("lisen"), "stderr:\n{stderr}");
 }
+
+/// SIGTERM as soon as the first "proxy listening" line appears: the process
+/// is already serving, so it must drain and exit 0, not die by the signal's
+/// default action. Repeated because the window is short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_listening_still_exits_zero() {
+    use tokio::io::AsyncBufReadExt;
+
+    let config = ConfigFile::new(&base_toml());
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["serve", "--config", &config.path_str()])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn switchyard");
+        let pid = child.id().expect("pid").to_string();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let listening = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("proxy listening on") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(listening, "no `proxy listening on` line");
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let status = tokio::time::timeout(WAIT, child.wait())
+            .await
+            .expect("exit after SIGTERM")
+            .expect("wait");
+        outcomes.push(status.code());
+    }
+    let unclean = outcomes.iter().filter(|c| **c != Some(0)).count();
+    assert_eq!(
+        unclean, 0,
+        "{unclean} of 20 processes did not exit 0 after an early SIGTERM (None = killed by the signal): {outcomes:?}"
+    );
+}

@@ -50,12 +50,22 @@ async fn register(addr: SocketAddr, service: &str, id: &str, address: &str, extr
         body.as_object_mut().unwrap().extend(fields);
     }
     let resp = put(addr, &instance_path(service, id), &body.to_string()).await;
-    assert_eq!(resp.status, StatusCode::OK, "register {service}/{id}: {}", resp.text());
+    assert_eq!(
+        resp.status,
+        StatusCode::OK,
+        "register {service}/{id}: {}",
+        resp.text()
+    );
     resp.json()
 }
 
 async fn heartbeat(addr: SocketAddr, service: &str, id: &str) -> Resp {
-    put(addr, &format!("{}/heartbeat", instance_path(service, id)), "").await
+    put(
+        addr,
+        &format!("{}/heartbeat", instance_path(service, id)),
+        "",
+    )
+    .await
 }
 
 async fn deregister(addr: SocketAddr, service: &str, id: &str) -> Resp {
@@ -69,7 +79,10 @@ async fn listed(addr: SocketAddr, service: &str) -> Vec<Value> {
         return Vec::new();
     }
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
-    resp.json()["instances"].as_array().cloned().unwrap_or_default()
+    resp.json()["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn listed_ids(addr: SocketAddr, service: &str) -> Vec<String> {
@@ -107,15 +120,29 @@ async fn a_registered_instance_gets_traffic_within_a_second() {
     let backend = FakeBackend::start("r1").await;
     let http = Http::new();
     let started = Instant::now();
-    let stored = register(app.admin, "web", "r1", &backend.address(), json!({"metadata": {"zone": "a"}})).await;
+    let stored = register(
+        app.admin,
+        "web",
+        "r1",
+        &backend.address(),
+        json!({"metadata": {"zone": "a"}}),
+    )
+    .await;
     assert_eq!(stored["address"], backend.address().as_str());
     assert_eq!(stored["weight"], 1);
     assert_eq!(stored["metadata"]["zone"], "a");
-    assert!(stored["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{stored}");
+    assert!(
+        stored["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{stored}"
+    );
 
-    eventually(Duration::from_secs(1), "traffic to reach the registered instance", || async {
-        answered_by(&http, app.proxy, "web").await.as_deref() == Some("r1")
-    })
+    eventually(
+        Duration::from_secs(1),
+        "traffic to reach the registered instance",
+        || async { answered_by(&http, app.proxy, "web").await.as_deref() == Some("r1") },
+    )
     .await;
     assert!(started.elapsed() < Duration::from_secs(1));
 
@@ -141,18 +168,30 @@ async fn deregistering_stops_traffic_at_once() {
     })
     .await;
 
-    assert_eq!(deregister(app.admin, "web", "r1").await.status, StatusCode::NO_CONTENT);
-    eventually(Duration::from_millis(500), "no traffic after DELETE", || async {
-        http.get(app.proxy, "/web/x").await.status == StatusCode::SERVICE_UNAVAILABLE
-    })
+    assert_eq!(
+        deregister(app.admin, "web", "r1").await.status,
+        StatusCode::NO_CONTENT
+    );
+    eventually(
+        Duration::from_millis(500),
+        "no traffic after DELETE",
+        || async { http.get(app.proxy, "/web/x").await.status == StatusCode::SERVICE_UNAVAILABLE },
+    )
     .await;
     let hits = backend.hits();
     for _ in 0..5 {
-        assert_eq!(http.get(app.proxy, "/web/x").await.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            http.get(app.proxy, "/web/x").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
     assert_eq!(backend.hits(), hits);
     assert!(listed(app.admin, "web").await.is_empty());
-    assert_error(&deregister(app.admin, "web", "r1").await, StatusCode::NOT_FOUND, "second DELETE");
+    assert_error(
+        &deregister(app.admin, "web", "r1").await,
+        StatusCode::NOT_FOUND,
+        "second DELETE",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,9 +205,11 @@ async fn registration_is_an_idempotent_upsert() {
     assert_eq!(listed(app.admin, "web").await.len(), 1);
     let moved = register(app.admin, "web", "i1", &b.address(), json!({"weight": 3})).await;
     assert_eq!(moved["weight"], 3);
-    eventually(Duration::from_secs(1), "traffic to the new address", || async {
-        answered_by(&http, app.proxy, "web").await.as_deref() == Some("b")
-    })
+    eventually(
+        Duration::from_secs(1),
+        "traffic to the new address",
+        || async { answered_by(&http, app.proxy, "web").await.as_deref() == Some("b") },
+    )
     .await;
     let listed = listed(app.admin, "web").await;
     assert_eq!(listed.len(), 1);
@@ -184,16 +225,26 @@ async fn registered_and_configured_backends_balance_together() {
     let app = start_app(&toml).await;
     let http = Http::new();
     register(app.admin, "web", "r1", &registered.address(), json!({})).await;
-    eventually(Duration::from_secs(1), "the registered backend to join", || async {
-        answered_by(&http, app.proxy, "web").await.as_deref() == Some("registered")
-    })
+    eventually(
+        Duration::from_secs(1),
+        "the registered backend to join",
+        || async { answered_by(&http, app.proxy, "web").await.as_deref() == Some("registered") },
+    )
     .await;
     let mut seen = Vec::new();
     for _ in 0..20 {
-        seen.push(answered_by(&http, app.proxy, "web").await.unwrap_or_default());
+        seen.push(
+            answered_by(&http, app.proxy, "web")
+                .await
+                .unwrap_or_default(),
+        );
     }
     let counts = tally(&seen);
-    assert_eq!((counts["configured"], counts["registered"]), (10, 10), "{counts:?}");
+    assert_eq!(
+        (counts["configured"], counts["registered"]),
+        (10, 10),
+        "{counts:?}"
+    );
     let sources: Vec<String> = listed(app.admin, "web")
         .await
         .iter()
@@ -208,13 +259,22 @@ async fn a_route_may_name_a_service_only_the_registry_fills_and_reloads_keep_it(
     let app = start_app(&toml).await;
     let backend = FakeBackend::start("api-1").await;
     let http = Http::new();
-    assert_eq!(http.get(app.proxy, "/api/x").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        http.get(app.proxy, "/api/x").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     register(app.admin, "api", "a1", &backend.address(), json!({})).await;
-    eventually(Duration::from_secs(1), "the routed service to answer", || async {
-        http.get(app.proxy, "/api/x").await.backend() == Some("api-1")
-    })
+    eventually(
+        Duration::from_secs(1),
+        "the routed service to answer",
+        || async { http.get(app.proxy, "/api/x").await.backend() == Some("api-1") },
+    )
     .await;
-    assert_eq!(backend.last_seen().map(|s| s.uri), Some("/x".to_owned()), "the route strips /api");
+    assert_eq!(
+        backend.last_seen().map(|s| s.uri),
+        Some("/x".to_owned()),
+        "the route strips /api"
+    );
 
     assert_eq!(admin_reload(app.admin).await.status, StatusCode::OK);
     assert_eq!(listed_ids(app.admin, "api").await, ["a1"]);
@@ -233,25 +293,53 @@ async fn registered_instances_are_health_checked() {
     let http = Http::new();
     register(app.admin, "web", "up", &up.address(), json!({})).await;
     register(app.admin, "web", "down", &down.to_string(), json!({})).await;
-    eventually(Duration::from_secs(3), "the live instance to pass its check", || async {
-        listed(app.admin, "web").await.iter().any(|i| i["id"] == "up" && i["health"] == "healthy")
-    })
+    eventually(
+        Duration::from_secs(3),
+        "the live instance to pass its check",
+        || async {
+            listed(app.admin, "web")
+                .await
+                .iter()
+                .any(|i| i["id"] == "up" && i["health"] == "healthy")
+        },
+    )
     .await;
-    eventually(Duration::from_secs(3), "the dead instance to fail its check", || async {
-        listed(app.admin, "web").await.iter().any(|i| i["id"] == "down" && i["health"] == "unhealthy")
-    })
+    eventually(
+        Duration::from_secs(3),
+        "the dead instance to fail its check",
+        || async {
+            listed(app.admin, "web")
+                .await
+                .iter()
+                .any(|i| i["id"] == "down" && i["health"] == "unhealthy")
+        },
+    )
     .await;
     // The listing reads live health; the table follows within a rebuild.
-    eventually(Duration::from_secs(1), "traffic to the healthy instance", || async {
-        answered_by(&http, app.proxy, "web").await.as_deref() == Some("up")
-    })
+    eventually(
+        Duration::from_secs(1),
+        "traffic to the healthy instance",
+        || async { answered_by(&http, app.proxy, "web").await.as_deref() == Some("up") },
+    )
     .await;
     for _ in 0..5 {
         let resp = http.get(app.proxy, "/web/x").await;
-        assert_eq!(resp.backend(), Some("up"), "{} {:?} {}", resp.status, resp.reason(), resp.text());
+        assert_eq!(
+            resp.backend(),
+            Some("up"),
+            "{} {:?} {}",
+            resp.status,
+            resp.reason(),
+            resp.text()
+        );
     }
     let healthy = get(app.admin, "/v1/services/web?healthy=true").await.json();
-    let ids: Vec<&str> = healthy["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = healthy["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["up"]);
 }
 
@@ -262,7 +350,14 @@ async fn a_lease_expires_without_heartbeats() {
     let app = start_app(&base_toml()).await;
     let backend = FakeBackend::start("r1").await;
     let http = Http::new();
-    register(app.admin, "web", "r1", &backend.address(), json!({"ttl": "1s"})).await;
+    register(
+        app.admin,
+        "web",
+        "r1",
+        &backend.address(),
+        json!({"ttl": "1s"}),
+    )
+    .await;
     eventually(Duration::from_secs(1), "traffic", || async {
         answered_by(&http, app.proxy, "web").await.as_deref() == Some("r1")
     })
@@ -273,12 +368,19 @@ async fn a_lease_expires_without_heartbeats() {
     })
     .await;
     let lasted = registered_at.elapsed();
-    assert!(lasted < Duration::from_millis(1500), "expired after {lasted:?}");
+    assert!(
+        lasted < Duration::from_millis(1500),
+        "expired after {lasted:?}"
+    );
     eventually(Duration::from_millis(300), "traffic to stop", || async {
         http.get(app.proxy, "/web/x").await.status == StatusCode::NOT_FOUND
     })
     .await;
-    assert_error(&heartbeat(app.admin, "web", "r1").await, StatusCode::NOT_FOUND, "heartbeat after expiry");
+    assert_error(
+        &heartbeat(app.admin, "web", "r1").await,
+        StatusCode::NOT_FOUND,
+        "heartbeat after expiry",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +388,14 @@ async fn heartbeats_keep_a_lease_alive_past_twice_its_ttl() {
     let app = start_app(&base_toml()).await;
     let backend = FakeBackend::start("r1").await;
     let http = Http::new();
-    let first = register(app.admin, "web", "r1", &backend.address(), json!({"ttl": "1s"})).await;
+    let first = register(
+        app.admin,
+        "web",
+        "r1",
+        &backend.address(),
+        json!({"ttl": "1s"}),
+    )
+    .await;
     let started = Instant::now();
     let mut last = first["expires_at"].as_str().unwrap().to_owned();
     while started.elapsed() < Duration::from_millis(2500) {
@@ -298,7 +407,10 @@ async fn heartbeats_keep_a_lease_alive_past_twice_its_ttl() {
         last = renewed;
     }
     assert_eq!(listed_ids(app.admin, "web").await, ["r1"]);
-    assert_eq!(answered_by(&http, app.proxy, "web").await.as_deref(), Some("r1"));
+    assert_eq!(
+        answered_by(&http, app.proxy, "web").await.as_deref(),
+        Some("r1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,31 +446,53 @@ async fn a_deregistered_instance_drains_its_requests_in_flight() {
         let proxy = app.proxy;
         tokio::spawn(async move { http.get(proxy, "/web/x?hold=1").await })
     };
-    eventually(WAIT, "the slow request to be held", || async { slow.held() == 1 }).await;
+    eventually(WAIT, "the slow request to be held", || async {
+        slow.held() == 1
+    })
+    .await;
 
-    assert_eq!(deregister(app.admin, "web", "slow").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        deregister(app.admin, "web", "slow").await.status,
+        StatusCode::NO_CONTENT
+    );
     let listed_now = listed(app.admin, "web").await;
     assert_eq!(listed_now.len(), 1, "{listed_now:?}");
     assert_eq!(listed_now[0]["draining"], true);
     assert_eq!(listed_now[0]["active_requests"], 1);
     register(app.admin, "web", "other", &other.address(), json!({})).await;
-    eventually(Duration::from_secs(1), "new requests to go elsewhere", || async {
-        answered_by(&http, app.proxy, "web").await.as_deref() == Some("other")
-    })
+    eventually(
+        Duration::from_secs(1),
+        "new requests to go elsewhere",
+        || async { answered_by(&http, app.proxy, "web").await.as_deref() == Some("other") },
+    )
     .await;
     for _ in 0..4 {
-        assert_eq!(answered_by(&http, app.proxy, "web").await.as_deref(), Some("other"));
+        assert_eq!(
+            answered_by(&http, app.proxy, "web").await.as_deref(),
+            Some("other")
+        );
     }
     let draining: Vec<Value> = listed(app.admin, "web").await;
-    assert!(draining.iter().any(|i| i["id"] == "slow" && i["draining"] == true), "{draining:?}");
+    assert!(
+        draining
+            .iter()
+            .any(|i| i["id"] == "slow" && i["draining"] == true),
+        "{draining:?}"
+    );
 
     slow.release(1);
     let finished = in_flight.await.unwrap();
     assert_eq!(finished.status, StatusCode::OK);
-    assert_eq!(finished.backend(), Some("slow"), "the request in flight finished on it");
-    eventually(Duration::from_secs(2), "the drained instance to disappear", || async {
-        listed_ids(app.admin, "web").await == ["other"]
-    })
+    assert_eq!(
+        finished.backend(),
+        Some("slow"),
+        "the request in flight finished on it"
+    );
+    eventually(
+        Duration::from_secs(2),
+        "the drained instance to disappear",
+        || async { listed_ids(app.admin, "web").await == ["other"] },
+    )
     .await;
 }
 
@@ -370,19 +504,47 @@ async fn discovery_lists_services_and_counts() {
     let app = start_app(&toml).await;
     let backend = FakeBackend::start("r1").await;
     register(app.admin, "web", "r1", &backend.address(), json!({})).await;
-    register(app.admin, "web", "r2", &refused_addr().to_string(), json!({})).await;
+    register(
+        app.admin,
+        "web",
+        "r2",
+        &refused_addr().to_string(),
+        json!({}),
+    )
+    .await;
     let resp = get(app.admin, "/v1/services").await;
     assert_eq!(resp.status, StatusCode::OK);
     let body = resp.json();
-    let web = body["services"].as_array().unwrap().iter().find(|s| s["name"] == "web").cloned();
+    let web = body["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .cloned();
     let web = web.unwrap_or_else(|| panic!("web is listed: {body}"));
     assert_eq!(web["balance"], "round_robin");
     assert_eq!(web["instances"], 2);
     let declared = get(app.admin, "/v1/services?healthy=true").await.json();
-    let names: Vec<&str> = declared["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert!(!names.contains(&"declared"), "no healthy instance: {names:?}");
-    assert_error(&get(app.admin, "/v1/services?healthy=maybe").await, StatusCode::BAD_REQUEST, "bad healthy");
-    assert_error(&get(app.admin, "/v1/services/nope").await, StatusCode::NOT_FOUND, "unknown service");
+    let names: Vec<&str> = declared["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"declared"),
+        "no healthy instance: {names:?}"
+    );
+    assert_error(
+        &get(app.admin, "/v1/services?healthy=maybe").await,
+        StatusCode::BAD_REQUEST,
+        "bad healthy",
+    );
+    assert_error(
+        &get(app.admin, "/v1/services/nope").await,
+        StatusCode::NOT_FOUND,
+        "unknown service",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,18 +557,28 @@ async fn a_blocking_query_returns_when_the_registry_changes() {
     let started = Instant::now();
     let idle = get(app.admin, &format!("/v1/services?index={index}&wait=300ms")).await;
     assert!(started.elapsed() >= Duration::from_millis(290));
-    assert_eq!(idle.header("x-switchyard-index"), Some(index.to_string().as_str()));
+    assert_eq!(
+        idle.header("x-switchyard-index"),
+        Some(index.to_string().as_str())
+    );
 
     let admin_addr = app.admin;
     let waiter = tokio::spawn(async move {
         let started = Instant::now();
-        let resp = get(admin_addr, &format!("/v1/services/web?index={index}&wait=10s")).await;
+        let resp = get(
+            admin_addr,
+            &format!("/v1/services/web?index={index}&wait=10s"),
+        )
+        .await;
         (started.elapsed(), resp)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     register(app.admin, "web", "r1", "127.0.0.1:9", json!({})).await;
     let (waited, resp) = waiter.await.unwrap();
-    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
     assert_eq!(resp.status, StatusCode::OK);
     let new_index: u64 = resp.header("x-switchyard-index").unwrap().parse().unwrap();
     assert!(new_index > index);
@@ -422,11 +594,32 @@ async fn the_registry_gauge_counts_registered_instances_only() {
     register(app.admin, "web", "r2", "127.0.0.1:10", json!({})).await;
     register(app.admin, "api", "a1", "127.0.0.1:11", json!({})).await;
     let text = metrics_text(app.admin).await;
-    assert_eq!(metric(&text, "switchyard_registry_instances", &[("service", "web")]), Some(2.0));
-    assert_eq!(metric(&text, "switchyard_registry_instances", &[("service", "api")]), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "switchyard_registry_instances",
+            &[("service", "web")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "switchyard_registry_instances",
+            &[("service", "api")]
+        ),
+        Some(1.0)
+    );
     deregister(app.admin, "api", "a1").await;
     let text = metrics_text(app.admin).await;
-    assert_eq!(metric(&text, "switchyard_registry_instances", &[("service", "api")]), None);
+    assert_eq!(
+        metric(
+            &text,
+            "switchyard_registry_instances",
+            &[("service", "api")]
+        ),
+        None
+    );
 }
 
 // ===== the file store =====
@@ -439,23 +632,60 @@ async fn the_file_store_keeps_registrations_across_a_restart() {
     let backend = FakeBackend::start("r1").await;
 
     let app = start_app(&toml).await;
-    let leased = register(app.admin, "web", "leased", &backend.address(), json!({"ttl": "60s", "metadata": {"v": 2}})).await;
-    register(app.admin, "web", "forever", &backend.address(), json!({"ttl": "0s"})).await;
-    register(app.admin, "web", "short", &backend.address(), json!({"ttl": "1s"})).await;
+    let leased = register(
+        app.admin,
+        "web",
+        "leased",
+        &backend.address(),
+        json!({"ttl": "60s", "metadata": {"v": 2}}),
+    )
+    .await;
+    register(
+        app.admin,
+        "web",
+        "forever",
+        &backend.address(),
+        json!({"ttl": "0s"}),
+    )
+    .await;
+    register(
+        app.admin,
+        "web",
+        "short",
+        &backend.address(),
+        json!({"ttl": "1s"}),
+    )
+    .await;
     app.stop().await.expect("clean shutdown");
-    assert!(store.exists(), "written by the first write at the latest at shutdown");
+    assert!(
+        store.exists(),
+        "written by the first write at the latest at shutdown"
+    );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let app = start_app(&toml).await;
     let listed = listed(app.admin, "web").await;
     let ids: Vec<&str> = listed.iter().map(|i| i["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["forever", "leased"], "the expired lease was dropped at load");
+    assert_eq!(
+        ids,
+        ["forever", "leased"],
+        "the expired lease was dropped at load"
+    );
     let leased_again = listed.iter().find(|i| i["id"] == "leased").unwrap();
-    assert_eq!(leased_again["expires_at"], leased["expires_at"], "the lease kept its end");
+    assert_eq!(
+        leased_again["expires_at"], leased["expires_at"],
+        "the lease kept its end"
+    );
     assert_eq!(leased_again["metadata"]["v"], 2);
     let http = Http::new();
-    assert_eq!(answered_by(&http, app.proxy, "web").await.as_deref(), Some("r1"));
-    assert_eq!(heartbeat(app.admin, "web", "leased").await.status, StatusCode::OK);
+    assert_eq!(
+        answered_by(&http, app.proxy, "web").await.as_deref(),
+        Some("r1")
+    );
+    assert_eq!(
+        heartbeat(app.admin, "web", "leased").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,9 +695,11 @@ async fn registrations_reach_the_file_without_a_shutdown() {
     let toml = registry_toml(&format!("store = \"file:{}\"", store.display()));
     let app = start_app(&toml).await;
     register(app.admin, "web", "r1", "127.0.0.1:9", json!({})).await;
-    eventually(Duration::from_secs(2), "the writer to persist the registration", || async {
-        std::fs::read_to_string(&store).is_ok_and(|text| text.contains("\"r1\""))
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the writer to persist the registration",
+        || async { std::fs::read_to_string(&store).is_ok_and(|text| text.contains("\"r1\"")) },
+    )
     .await;
     drop(app);
 }
@@ -484,15 +716,24 @@ async fn a_corrupt_store_stops_start_up_naming_the_file_and_leaves_it() {
     let message = err.to_string();
     assert!(message.contains(&store.display().to_string()), "{message}");
     assert!(message.contains("corrupt"), "{message}");
-    assert_eq!(std::fs::read_to_string(&store).unwrap(), "{\"version\": 1, \"instances\": [");
+    assert_eq!(
+        std::fs::read_to_string(&store).unwrap(),
+        "{\"version\": 1, \"instances\": ["
+    );
 
     // The binary: a non-zero exit with one line naming the file.
     let out = run_binary(&["serve", "--config", &config.path_str()]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.lines().find(|l| l.contains("corrupt")).unwrap_or_default();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("corrupt"))
+        .unwrap_or_default();
     assert!(line.contains(&store.display().to_string()), "{stderr}");
-    assert_eq!(std::fs::read_to_string(&store).unwrap(), "{\"version\": 1, \"instances\": [");
+    assert_eq!(
+        std::fs::read_to_string(&store).unwrap(),
+        "{\"version\": 1, \"instances\": ["
+    );
 }
 
 // ===== security and limits =====
@@ -505,25 +746,53 @@ async fn writes_need_the_token() {
     let body = r#"{"address": "127.0.0.1:9"}"#;
     for token in [None, Some("wrong"), Some("s3cre"), Some("s3cret-")] {
         let resp = admin(app.admin, Method::PUT, &path, body, token).await;
-        assert_error(&resp, StatusCode::UNAUTHORIZED, &format!("PUT with {token:?}"));
+        assert_error(
+            &resp,
+            StatusCode::UNAUTHORIZED,
+            &format!("PUT with {token:?}"),
+        );
     }
-    assert!(listed(app.admin, "web").await.is_empty(), "nothing registered");
+    assert!(
+        listed(app.admin, "web").await.is_empty(),
+        "nothing registered"
+    );
     let ok = admin(app.admin, Method::PUT, &path, body, Some("s3cret")).await;
     assert_eq!(ok.status, StatusCode::OK);
-    let beat = admin(app.admin, Method::PUT, &format!("{path}/heartbeat"), "", None).await;
+    let beat = admin(
+        app.admin,
+        Method::PUT,
+        &format!("{path}/heartbeat"),
+        "",
+        None,
+    )
+    .await;
     assert_error(&beat, StatusCode::UNAUTHORIZED, "heartbeat without token");
-    let beat = admin(app.admin, Method::PUT, &format!("{path}/heartbeat"), "", Some("s3cret")).await;
+    let beat = admin(
+        app.admin,
+        Method::PUT,
+        &format!("{path}/heartbeat"),
+        "",
+        Some("s3cret"),
+    )
+    .await;
     assert_eq!(beat.status, StatusCode::OK);
     let delete = admin(app.admin, Method::DELETE, &path, "", None).await;
     assert_error(&delete, StatusCode::UNAUTHORIZED, "DELETE without token");
-    assert_eq!(listed_ids(app.admin, "web").await, ["r1"], "reads on loopback need no token");
+    assert_eq!(
+        listed_ids(app.admin, "web").await,
+        ["r1"],
+        "reads on loopback need no token"
+    );
     let delete = admin(app.admin, Method::DELETE, &path, "", Some("s3cret")).await;
     assert_eq!(delete.status, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_networks_and_the_always_refused_classes_get_403() {
-    let app = start_app(&registry_toml("allowed_networks = [\"10.0.0.0/8\", \"127.0.0.0/8\"]")).await;
+    let app = start_app(&registry_toml(
+        "allowed_networks = [\"10.0.0.0/8\", \"127.0.0.0/8\"]",
+    ))
+    .await;
     let proxy = app.proxy;
     let admin_addr = app.admin;
     let cases = [
@@ -541,19 +810,43 @@ async fn allowed_networks_and_the_always_refused_classes_get_403() {
         format!("[::ffff:127.0.0.1]:{}", proxy.port()),
     ];
     for (n, address) in cases.iter().enumerate() {
-        let resp = put(app.admin, &instance_path("web", &format!("i{n}")), &json!({ "address": address }).to_string()).await;
+        let resp = put(
+            app.admin,
+            &instance_path("web", &format!("i{n}")),
+            &json!({ "address": address }).to_string(),
+        )
+        .await;
         assert_error(&resp, StatusCode::FORBIDDEN, address);
     }
-    assert!(listed(app.admin, "web").await.is_empty(), "nothing registered");
+    assert!(
+        listed(app.admin, "web").await.is_empty(),
+        "nothing registered"
+    );
     register(app.admin, "web", "ok", "127.0.0.1:9001", json!({})).await;
-    register(app.admin, "web", "mapped", "[::ffff:127.0.0.1]:9002", json!({})).await;
+    register(
+        app.admin,
+        "web",
+        "mapped",
+        "[::ffff:127.0.0.1]:9002",
+        json!({}),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_mapped_loopback_is_refused_when_loopback_is_not_allowed() {
     let app = start_app(&registry_toml("allowed_networks = [\"10.0.0.0/8\"]")).await;
-    for address in ["127.0.0.1:9001", "[::ffff:127.0.0.1]:9001", "localhost:9001"] {
-        let resp = put(app.admin, &instance_path("web", "a"), &json!({ "address": address }).to_string()).await;
+    for address in [
+        "127.0.0.1:9001",
+        "[::ffff:127.0.0.1]:9001",
+        "localhost:9001",
+    ] {
+        let resp = put(
+            app.admin,
+            &instance_path("web", "a"),
+            &json!({ "address": address }).to_string(),
+        )
+        .await;
         assert_error(&resp, StatusCode::FORBIDDEN, address);
     }
 }
@@ -564,7 +857,12 @@ async fn a_wildcard_listener_is_every_local_ip_at_its_port() {
     let app = start_app(toml).await;
     let port = app.proxy.port();
     for address in [format!("127.0.0.1:{port}"), format!("127.0.0.5:{port}")] {
-        let resp = put(app.admin, &instance_path("web", "a"), &json!({ "address": address }).to_string()).await;
+        let resp = put(
+            app.admin,
+            &instance_path("web", "a"),
+            &json!({ "address": address }).to_string(),
+        )
+        .await;
         assert_error(&resp, StatusCode::FORBIDDEN, &address);
     }
     let other = format!("192.0.2.1:{port}");
@@ -579,15 +877,32 @@ async fn new_services_and_instance_limits_are_enforced() {
         route_toml(None, "/api", "api", false)
     );
     let app = start_app(&toml).await;
-    let resp = put(app.admin, &instance_path("brand-new", "a"), r#"{"address": "127.0.0.1:9"}"#).await;
+    let resp = put(
+        app.admin,
+        &instance_path("brand-new", "a"),
+        r#"{"address": "127.0.0.1:9"}"#,
+    )
+    .await;
     assert_error(&resp, StatusCode::FORBIDDEN, "a new service");
-    assert_error(&get(app.admin, "/v1/services/brand-new").await, StatusCode::NOT_FOUND, "not created");
+    assert_error(
+        &get(app.admin, "/v1/services/brand-new").await,
+        StatusCode::NOT_FOUND,
+        "not created",
+    );
     register(app.admin, "api", "a", "127.0.0.1:9", json!({})).await;
     register(app.admin, "web", "a", "127.0.0.1:9", json!({})).await;
     register(app.admin, "web", "b", "127.0.0.1:10", json!({})).await;
-    let over = put(app.admin, &instance_path("web", "c"), r#"{"address": "127.0.0.1:11"}"#).await;
+    let over = put(
+        app.admin,
+        &instance_path("web", "c"),
+        r#"{"address": "127.0.0.1:11"}"#,
+    )
+    .await;
     assert_error(&over, StatusCode::TOO_MANY_REQUESTS, "a third instance");
-    assert!(over.json()["error"].as_str().unwrap().contains("max_instances_per_service"));
+    assert!(over.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("max_instances_per_service"));
     register(app.admin, "web", "b", "127.0.0.1:12", json!({})).await;
     assert_eq!(listed_ids(app.admin, "web").await, ["a", "b"]);
 }
@@ -595,47 +910,242 @@ async fn new_services_and_instance_limits_are_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let app = start_app(&base_toml()).await;
-    let stored = register(app.admin, "web", "keep", "127.0.0.1:9001", json!({"weight": 4})).await;
+    let stored = register(
+        app.admin,
+        "web",
+        "keep",
+        "127.0.0.1:9001",
+        json!({"weight": 4}),
+    )
+    .await;
     let keep = instance_path("web", "keep");
     let long = "x".repeat(129);
     let cases: Vec<(Method, String, String, StatusCode)> = vec![
-        (Method::PUT, keep.clone(), "{not json".into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), "".into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), "[]".into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), "{}".into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": 9001}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "weight": "2"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "ttl": 30}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "metadata": "x"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "[::1]"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "no-such-host.invalid:80"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:0"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:70000"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "bad host:80"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "weight": -1}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "weight": 0}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "weight": 1000000}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "ttl": "-5s"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "ttl": "100years"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "ttl": "soon"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), r#"{"address": "127.0.0.1:1", "port": 1}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, instance_path("web", "a/b"), r#"{"address": "127.0.0.1:1"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, instance_path("web", "a%2Fb"), r#"{"address": "127.0.0.1:1"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, instance_path("web", "a%20b"), r#"{"address": "127.0.0.1:1"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, instance_path("we%20b", "a"), r#"{"address": "127.0.0.1:1"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, instance_path("web", &long), r#"{"address": "127.0.0.1:1"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, instance_path(&long, "a"), r#"{"address": "127.0.0.1:1"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, instance_path("web", ""), r#"{"address": "127.0.0.1:1"}"#.into(), StatusCode::BAD_REQUEST),
-        (Method::PUT, keep.clone(), format!(r#"{{"address": "127.0.0.1:1", "metadata": {{"pad": "{}"}}}}"#, "x".repeat(70 * 1024)), StatusCode::PAYLOAD_TOO_LARGE),
-        (Method::POST, keep.clone(), r#"{"address": "127.0.0.1:1"}"#.into(), StatusCode::METHOD_NOT_ALLOWED),
-        (Method::GET, keep.clone(), "".into(), StatusCode::METHOD_NOT_ALLOWED),
-        (Method::PATCH, keep.clone(), "".into(), StatusCode::METHOD_NOT_ALLOWED),
-        (Method::POST, format!("{keep}/heartbeat"), "".into(), StatusCode::METHOD_NOT_ALLOWED),
-        (Method::DELETE, format!("{keep}/heartbeat"), "".into(), StatusCode::METHOD_NOT_ALLOWED),
-        (Method::PUT, "/v1/services".into(), "".into(), StatusCode::METHOD_NOT_ALLOWED),
-        (Method::PUT, instance_path("web", "unknown") + "/heartbeat", "".into(), StatusCode::NOT_FOUND),
-        (Method::DELETE, instance_path("web", "unknown"), "".into(), StatusCode::NOT_FOUND),
+        (
+            Method::PUT,
+            keep.clone(),
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            "[]".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            "{}".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": 9001}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "weight": "2"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "ttl": 30}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "metadata": "x"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "[::1]"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "no-such-host.invalid:80"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:0"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:70000"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "bad host:80"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "weight": -1}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "weight": 0}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "weight": 1000000}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "ttl": "-5s"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "ttl": "100years"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "ttl": "soon"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1", "port": 1}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            instance_path("web", "a/b"),
+            r#"{"address": "127.0.0.1:1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            instance_path("web", "a%2Fb"),
+            r#"{"address": "127.0.0.1:1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            instance_path("web", "a%20b"),
+            r#"{"address": "127.0.0.1:1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            instance_path("we%20b", "a"),
+            r#"{"address": "127.0.0.1:1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            instance_path("web", &long),
+            r#"{"address": "127.0.0.1:1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            instance_path(&long, "a"),
+            r#"{"address": "127.0.0.1:1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            instance_path("web", ""),
+            r#"{"address": "127.0.0.1:1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            keep.clone(),
+            format!(
+                r#"{{"address": "127.0.0.1:1", "metadata": {{"pad": "{}"}}}}"#,
+                "x".repeat(70 * 1024)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            Method::POST,
+            keep.clone(),
+            r#"{"address": "127.0.0.1:1"}"#.into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::GET,
+            keep.clone(),
+            "".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::PATCH,
+            keep.clone(),
+            "".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::POST,
+            format!("{keep}/heartbeat"),
+            "".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::DELETE,
+            format!("{keep}/heartbeat"),
+            "".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::PUT,
+            "/v1/services".into(),
+            "".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::PUT,
+            instance_path("web", "unknown") + "/heartbeat",
+            "".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::DELETE,
+            instance_path("web", "unknown"),
+            "".into(),
+            StatusCode::NOT_FOUND,
+        ),
     ];
     for (method, path, body, status) in &cases {
         let what = format!("{method} {path} {}", &body[..body.len().min(60)]);

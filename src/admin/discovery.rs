@@ -63,7 +63,9 @@ pub fn parse_query(query: Option<&str>) -> Result<Query, &'static str> {
                 }
             }
             "index" => {
-                let index = value.parse().map_err(|_| "index must be a non-negative integer")?;
+                let index = value
+                    .parse()
+                    .map_err(|_| "index must be a non-negative integer")?;
                 parsed.index = Some(index);
             }
             "wait" => {
@@ -111,7 +113,10 @@ pub async fn list(state: &AdminState, query: Option<&str>) -> AdminResponse {
         services.insert(name, summary);
     }
     let services: Vec<Value> = services.into_values().collect();
-    indexed(json!({ "services": services, "index": snapshot.index }), snapshot.index)
+    indexed(
+        json!({ "services": services, "index": snapshot.index }),
+        snapshot.index,
+    )
 }
 
 /// `GET /v1/services/{service}`.
@@ -242,7 +247,9 @@ fn rows<'a>(service: Option<&'a Service>, name: &str, snapshot: &'a Snapshot) ->
             });
             continue;
         }
-        let found = registered.binary_search_by(|i| (*i.id).cmp(&backend.id)).ok();
+        let found = registered
+            .binary_search_by(|i| (*i.id).cmp(&backend.id))
+            .ok();
         match found.filter(|&at| registered[at].resolved == backend.resolved) {
             Some(at) => {
                 matched[at] = true;
@@ -269,10 +276,19 @@ mod tests {
         let q = parse_query(None).unwrap();
         assert_eq!((q.healthy, q.index, q.wait), (false, None, DEFAULT_WAIT));
         let q = parse_query(Some("healthy=true&index=7&wait=2s&other=x")).unwrap();
-        assert_eq!((q.healthy, q.index, q.wait), (true, Some(7), Duration::from_secs(2)));
+        assert_eq!(
+            (q.healthy, q.index, q.wait),
+            (true, Some(7), Duration::from_secs(2))
+        );
         assert!(parse_query(Some("healthy")).unwrap().healthy);
         assert!(!parse_query(Some("healthy=false")).unwrap().healthy);
-        for bad in ["healthy=yes", "index=-1", "index=x", "wait=10m", "wait=soon"] {
+        for bad in [
+            "healthy=yes",
+            "index=-1",
+            "index=x",
+            "wait=10m",
+            "wait=soon",
+        ] {
             assert!(parse_query(Some(bad)).is_err(), "{bad}");
         }
     }

@@ -34,13 +34,17 @@ pub async fn register(
         Err(e) => return refused(&e),
     };
     let config = state.publisher.config();
-    let declared = config.services.contains_key(service)
-        || config.routes.iter().any(|r| r.service == service);
+    let declared =
+        config.services.contains_key(service) || config.routes.iter().any(|r| r.service == service);
     let limits = Limits {
         config: &config.registry,
         declared,
     };
-    match state.registry.register(limits, service, id, registration).await {
+    match state
+        .registry
+        .register(limits, service, id, registration)
+        .await
+    {
         Ok(instance) => {
             tracing::info!(%service, %id, address = %instance.address, "instance registered");
             json(StatusCode::OK, &instance.to_json())

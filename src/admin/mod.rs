@@ -6,6 +6,7 @@
 //! need it too when the admin listener is not on loopback.
 
 mod api;
+mod dashboard;
 mod discovery;
 mod instances;
 
@@ -71,6 +72,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> AdminResponse {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     match segments.as_slice() {
+        [""] => only_get(&method, dashboard::page),
         ["healthz"] => only_get(&method, || text(StatusCode::OK, "ok\n")),
         ["readyz"] => only_get(&method, || readiness(state)),
         ["metrics"] => only_get(&method, || metrics(state)),

@@ -159,6 +159,27 @@ pub struct ServiceConfig {
     /// Default 0 = off. When fewer than this percentage of a service's backends
     /// are ready (but at least one is), balance over all non-draining ones.
     pub panic_threshold: u32,
+    /// `protocol = "https"` only (the keys are errors with other protocols).
+    pub tls: UpstreamTls,
+}
+
+/// TLS towards a service's backends. Default: the webpki (Mozilla) roots,
+/// each backend's host as SNI and verified name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct UpstreamTls {
+    /// `tls_ca`: extra trusted roots, read and checked at load so that a bad
+    /// file fails `check`, start-up and reload alike.
+    pub ca: Option<CaFile>,
+    /// `tls_server_name`: SNI and verified name for every backend of the service.
+    pub server_name: Option<String>,
+}
+
+/// A PEM file of CA certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CaFile {
+    /// Absolute (a relative `tls_ca` is relative to the config file's folder).
+    pub path: PathBuf,
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

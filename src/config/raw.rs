@@ -5,9 +5,12 @@
 //! closed sets (`balance`, `protocol`, health `kind`, log `format`) are enums so
 //! serde rejects anything else, and every value that [`super::validate`] checks
 //! later is wrapped in [`Spanned`] so its error can point at line and column.
-//! Absent keys are `None`; the defaults live in `validate`, next to the checks.
+//! These structs are also the one schema of the file: `validate`'s shape pass
+//! collects every error serde reports against them (dropping the faulty key
+//! and trying again), so a new key needs only its field here, and nothing
+//! else lists keys. Absent keys are `None`; the defaults live in `validate`.
 //! Integers are read as `i64` so an out-of-range value (a negative weight, say)
-//! becomes a checked, collected error instead of a one-shot serde type error.
+//! gets its check's range message instead of serde's "invalid value".
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -113,6 +116,8 @@ pub(super) struct RawService {
     pub outlier: Option<RawOutlier>,
     pub max_requests_per_backend: Option<Int>,
     pub panic_threshold: Option<Int>,
+    pub tls_ca: Option<Text>,
+    pub tls_server_name: Option<Text>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -7,7 +7,9 @@
 //! added together (start-up, a large reload or registration burst) drift
 //! apart instead of being checked in lockstep: the wait after the first check
 //! is 50–100 % of the interval (which breaks up a burst at once), later waits
-//! 90–110 %.
+//! 90–110 %. Check times are then rounded to a coarse [`Grid`] (a twentieth of
+//! the interval, at most 50 ms), so that a thousand checks a second cost a few
+//! dozen thread wake-ups rather than a thousand.
 
 use std::collections::hash_map::RandomState;
 use std::error::Error;
@@ -52,6 +54,7 @@ pub struct Checker<P> {
     pub interval: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    pub grid: Grid,
 }
 
 impl<P: Probe> Checker<P> {
@@ -76,7 +79,8 @@ impl<P: Probe> Checker<P> {
             self.record(&mut counter, &result);
             let (lo, hi) = if first { (0.5, 1.0) } else { (0.9, 1.1) };
             first = false;
-            tokio::time::sleep_until(started + jitter.scale(self.interval, lo, hi)).await;
+            let next = started + jitter.scale(self.interval, lo, hi);
+            tokio::time::sleep_until(self.grid.round(next, self.interval)).await;
         }
     }
 
@@ -114,6 +118,41 @@ impl<P: Probe> Checker<P> {
             }
             Ok(()) => tracing::info!(service, backend, from, to, "health check: backend is up"),
         }
+    }
+}
+
+/// The largest grid step.
+const MAX_STEP: Duration = Duration::from_millis(50);
+
+/// Check times are rounded to a grid shared by all checkers of a supervisor,
+/// so that checks due within the same few milliseconds share one runtime
+/// wake-up: with a thousand checks a second, waking a thread for each one
+/// costs more CPU (context switches) than the checks themselves. The step is
+/// a twentieth of the interval, at most [`MAX_STEP`]; times are rounded to
+/// the nearest step, so the mean interval stays as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Grid {
+    origin: Instant,
+}
+
+impl Grid {
+    pub fn new() -> Grid {
+        Grid {
+            origin: Instant::now(),
+        }
+    }
+
+    fn round(&self, t: Instant, interval: Duration) -> Instant {
+        let step = (interval / 20).min(MAX_STEP).as_nanos().max(1);
+        let since = t.saturating_duration_since(self.origin).as_nanos();
+        let nearest = (since + step / 2) / step * step;
+        self.origin + Duration::from_nanos(u64::try_from(nearest).unwrap_or(u64::MAX))
+    }
+}
+
+impl Default for Grid {
+    fn default() -> Self {
+        Grid::new()
     }
 }
 
@@ -240,6 +279,7 @@ mod tests {
             interval: Duration::from_secs(10),
             healthy_threshold: 2,
             unhealthy_threshold: 3,
+            grid: Grid::new(),
         };
         (checker, probe)
     }
@@ -294,6 +334,17 @@ mod tests {
         task.abort();
         let at = probe.times();
         assert!(!at.is_empty() && at[0] - t0 < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_grid_rounds_to_the_nearest_step() {
+        let grid = Grid::new();
+        let at = |ms| grid.origin + Duration::from_millis(ms);
+        let second = Duration::from_secs(1);
+        assert_eq!(grid.round(at(1_024), second), at(1_000));
+        assert_eq!(grid.round(at(1_026), second), at(1_050));
+        // A short interval gets a finer grid: 100 ms → 5 ms steps.
+        assert_eq!(grid.round(at(1_003), Duration::from_millis(100)), at(1_005));
     }
 
     #[test]

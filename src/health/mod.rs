@@ -30,7 +30,7 @@ use crate::config::{HealthCheckConfig, HealthCheckKind};
 use crate::metrics::Metrics;
 use crate::table::{Publisher, Table};
 
-use checker::{CheckCounters, Checker, Start};
+use checker::{CheckCounters, Checker, Grid, Start};
 pub use http::HttpProbe;
 pub use tcp::TcpProbe;
 
@@ -62,7 +62,7 @@ pub enum ProbeError {
 }
 
 /// The probe a service's config asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum AnyProbe {
     Http(HttpProbe),
     Tcp(TcpProbe),
@@ -115,6 +115,8 @@ pub struct Supervisor {
     metrics: Metrics,
     running: HashMap<Key, Running>,
     pass: u64,
+    /// Shared by all checkers, so that their checks bunch into few wake-ups.
+    grid: Grid,
 }
 
 impl Supervisor {
@@ -124,6 +126,7 @@ impl Supervisor {
             metrics,
             running: HashMap::new(),
             pass: 0,
+            grid: Grid::new(),
         }
     }
 
@@ -220,6 +223,7 @@ impl Supervisor {
             interval: config.interval,
             healthy_threshold: config.healthy_threshold,
             unhealthy_threshold: config.unhealthy_threshold,
+            grid: self.grid,
         };
         Some(tokio::spawn(checker.run(start)))
     }

@@ -216,7 +216,7 @@ impl RequestTemplate {
     ) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = backend_uri(backend, &self.path);
+        *req.uri_mut() = backend_uri(backend, protocol, &self.path);
         *req.version_mut() = match protocol {
             UpstreamProtocol::H2c => Version::HTTP_2,
             UpstreamProtocol::Http1 | UpstreamProtocol::Https => Version::HTTP_11,
@@ -226,10 +226,16 @@ impl RequestTemplate {
     }
 }
 
-fn backend_uri(backend: &Backend, path: &PathAndQuery) -> Uri {
+/// TLS backends are addressed by name (pool key, SNI, HTTP/2 `:authority`);
+/// the others by the address they resolved to.
+fn backend_uri(backend: &Backend, protocol: UpstreamProtocol, path: &PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(backend.authority.clone());
+    let (scheme, authority) = match protocol {
+        UpstreamProtocol::Https => (Scheme::HTTPS, &backend.named_authority),
+        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => (Scheme::HTTP, &backend.authority),
+    };
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority.clone());
     parts.path_and_query = Some(path.clone());
     Uri::from_parts(parts).unwrap_or_default()
 }

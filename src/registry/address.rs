@@ -225,7 +225,11 @@ mod tests {
         list.iter().map(|n| n.parse().expect("test net")).collect()
     }
 
-    fn check(address: &str, allowed: Option<&[IpNet]>, own: &[SocketAddr]) -> Result<SocketAddr, Refusal> {
+    fn check(
+        address: &str,
+        allowed: Option<&[IpNet]>,
+        own: &[SocketAddr],
+    ) -> Result<SocketAddr, Refusal> {
         let is_local = |ip: IpAddr| ip.is_loopback() || ip == IpAddr::from([10, 0, 0, 5]);
         let policy = Policy {
             allowed,
@@ -237,17 +241,47 @@ mod tests {
 
     #[test]
     fn host_and_port_are_split_and_checked() {
-        assert_eq!(split_host_port("127.0.0.1:9001").ok(), Some(("127.0.0.1", 9001)));
+        assert_eq!(
+            split_host_port("127.0.0.1:9001").ok(),
+            Some(("127.0.0.1", 9001))
+        );
         assert_eq!(split_host_port("[::1]:80").ok(), Some(("[::1]", 80)));
-        assert_eq!(split_host_port("db.local:5432").ok(), Some(("db.local", 5432)));
-        assert!(matches!(split_host_port("127.0.0.1"), Err(AddressError::MissingPort(_))));
-        assert!(matches!(split_host_port("127.0.0.1:"), Err(AddressError::MissingPort(_))));
-        assert!(matches!(split_host_port("::1"), Err(AddressError::MissingPort(_))));
-        assert!(matches!(split_host_port("[::1]"), Err(AddressError::MissingPort(_))));
-        assert!(matches!(split_host_port("h:0"), Err(AddressError::PortZero(_))));
-        assert!(matches!(split_host_port("h:65536"), Err(AddressError::BadPort(_))));
-        assert!(matches!(split_host_port("h:-1"), Err(AddressError::BadPort(_))));
-        assert!(matches!(split_host_port("h:8o"), Err(AddressError::BadPort(_))));
+        assert_eq!(
+            split_host_port("db.local:5432").ok(),
+            Some(("db.local", 5432))
+        );
+        assert!(matches!(
+            split_host_port("127.0.0.1"),
+            Err(AddressError::MissingPort(_))
+        ));
+        assert!(matches!(
+            split_host_port("127.0.0.1:"),
+            Err(AddressError::MissingPort(_))
+        ));
+        assert!(matches!(
+            split_host_port("::1"),
+            Err(AddressError::MissingPort(_))
+        ));
+        assert!(matches!(
+            split_host_port("[::1]"),
+            Err(AddressError::MissingPort(_))
+        ));
+        assert!(matches!(
+            split_host_port("h:0"),
+            Err(AddressError::PortZero(_))
+        ));
+        assert!(matches!(
+            split_host_port("h:65536"),
+            Err(AddressError::BadPort(_))
+        ));
+        assert!(matches!(
+            split_host_port("h:-1"),
+            Err(AddressError::BadPort(_))
+        ));
+        assert!(matches!(
+            split_host_port("h:8o"),
+            Err(AddressError::BadPort(_))
+        ));
     }
 
     #[test]
@@ -264,29 +298,56 @@ mod tests {
 
     #[tokio::test]
     async fn literals_resolve_without_dns_and_bad_hosts_are_refused() {
-        assert_eq!(resolve("127.0.0.1:9001").await.ok(), Some(addr("127.0.0.1:9001")));
+        assert_eq!(
+            resolve("127.0.0.1:9001").await.ok(),
+            Some(addr("127.0.0.1:9001"))
+        );
         assert_eq!(resolve("[::1]:9001").await.ok(), Some(addr("[::1]:9001")));
-        assert!(matches!(resolve("bad host:1").await, Err(AddressError::BadHost(_))));
-        assert!(matches!(resolve("[zz]:1").await, Err(AddressError::BadHost(_))));
+        assert!(matches!(
+            resolve("bad host:1").await,
+            Err(AddressError::BadHost(_))
+        ));
+        assert!(matches!(
+            resolve("[zz]:1").await,
+            Err(AddressError::BadHost(_))
+        ));
         let unresolvable = resolve("no-such-host.invalid:80").await;
         assert!(
-            matches!(unresolvable, Err(AddressError::Unresolvable { .. } | AddressError::NoAddress(_))),
+            matches!(
+                unresolvable,
+                Err(AddressError::Unresolvable { .. } | AddressError::NoAddress(_))
+            ),
             "{unresolvable:?}"
         );
     }
 
     #[test]
     fn ipv4_mapped_addresses_become_ipv4() {
-        assert_eq!(canonical("::ffff:127.0.0.1".parse().unwrap()), IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(canonical("::1".parse().unwrap()), "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            canonical("::ffff:127.0.0.1".parse().unwrap()),
+            IpAddr::from([127, 0, 0, 1])
+        );
+        assert_eq!(
+            canonical("::1".parse().unwrap()),
+            "::1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn unicast_passes_without_allowed_networks() {
-        assert_eq!(check("127.0.0.1:9001", None, &[]), Ok(addr("127.0.0.1:9001")));
+        assert_eq!(
+            check("127.0.0.1:9001", None, &[]),
+            Ok(addr("127.0.0.1:9001"))
+        );
         assert_eq!(check("10.1.2.3:80", None, &[]), Ok(addr("10.1.2.3:80")));
-        assert_eq!(check("[2001:db8::1]:80", None, &[]), Ok(addr("[2001:db8::1]:80")));
-        assert_eq!(check("[::ffff:10.0.0.1]:80", None, &[]), Ok(addr("10.0.0.1:80")));
+        assert_eq!(
+            check("[2001:db8::1]:80", None, &[]),
+            Ok(addr("[2001:db8::1]:80"))
+        );
+        assert_eq!(
+            check("[::ffff:10.0.0.1]:80", None, &[]),
+            Ok(addr("10.0.0.1:80"))
+        );
     }
 
     #[test]
@@ -316,14 +377,20 @@ mod tests {
         let got = check("169.254.169.254:80", Some(&allowed), &[]);
         assert_eq!(got, Ok(addr("169.254.169.254:80")));
         assert!(check("[fe80::2]:80", Some(&allowed), &[]).is_ok());
-        assert_eq!(check("169.254.1.1:80", Some(&allowed), &[]), Err(Refusal::LinkLocal));
+        assert_eq!(
+            check("169.254.1.1:80", Some(&allowed), &[]),
+            Err(Refusal::LinkLocal)
+        );
     }
 
     #[test]
     fn allowed_networks_restrict_after_mapping() {
         let allowed = nets(&["10.0.0.0/8"]);
         assert!(check("10.9.9.9:80", Some(&allowed), &[]).is_ok());
-        assert_eq!(check("127.0.0.1:80", Some(&allowed), &[]), Err(Refusal::NotAllowed));
+        assert_eq!(
+            check("127.0.0.1:80", Some(&allowed), &[]),
+            Err(Refusal::NotAllowed)
+        );
         let mapped = check("[::ffff:127.0.0.1]:80", Some(&allowed), &[]);
         assert_eq!(mapped, Err(Refusal::NotAllowed));
         let loopback = nets(&["127.0.0.0/8"]);
@@ -334,17 +401,32 @@ mod tests {
     #[test]
     fn own_listeners_are_refused() {
         let own = [addr("127.0.0.1:8080"), addr("0.0.0.0:9091")];
-        assert_eq!(check("127.0.0.1:8080", None, &own), Err(Refusal::OwnListener));
-        assert_eq!(check("[::ffff:127.0.0.1]:8080", None, &own), Err(Refusal::OwnListener));
+        assert_eq!(
+            check("127.0.0.1:8080", None, &own),
+            Err(Refusal::OwnListener)
+        );
+        assert_eq!(
+            check("[::ffff:127.0.0.1]:8080", None, &own),
+            Err(Refusal::OwnListener)
+        );
         assert!(check("127.0.0.1:8081", None, &own).is_ok());
         assert!(check("127.0.0.2:8080", None, &own).is_ok());
         // A wildcard listener is every local IP with its port.
-        assert_eq!(check("127.0.0.9:9091", None, &own), Err(Refusal::OwnListener));
-        assert_eq!(check("10.0.0.5:9091", None, &own), Err(Refusal::OwnListener));
+        assert_eq!(
+            check("127.0.0.9:9091", None, &own),
+            Err(Refusal::OwnListener)
+        );
+        assert_eq!(
+            check("10.0.0.5:9091", None, &own),
+            Err(Refusal::OwnListener)
+        );
         assert!(check("10.0.0.6:9091", None, &own).is_ok());
         // 127.0.0.0/8 does not list the listener explicitly; a host route does.
         let broad = nets(&["127.0.0.0/8"]);
-        assert_eq!(check("127.0.0.1:8080", Some(&broad), &own), Err(Refusal::OwnListener));
+        assert_eq!(
+            check("127.0.0.1:8080", Some(&broad), &own),
+            Err(Refusal::OwnListener)
+        );
         let exact = nets(&["127.0.0.1/32"]);
         assert!(check("127.0.0.1:8080", Some(&exact), &own).is_ok());
     }
@@ -352,7 +434,10 @@ mod tests {
     #[test]
     fn an_ipv6_wildcard_listener_covers_local_ipv4_too() {
         let own = [addr("[::]:8080")];
-        assert_eq!(check("127.0.0.1:8080", None, &own), Err(Refusal::OwnListener));
+        assert_eq!(
+            check("127.0.0.1:8080", None, &own),
+            Err(Refusal::OwnListener)
+        );
         assert_eq!(check("[::1]:8080", None, &own), Err(Refusal::OwnListener));
     }
 

@@ -80,7 +80,9 @@ impl ClientError {
     fn is_transient(&self) -> bool {
         matches!(
             self,
-            ClientError::Unreachable { .. } | ClientError::Timeout { .. } | ClientError::Body { .. }
+            ClientError::Unreachable { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Body { .. }
         )
     }
 }
@@ -147,7 +149,10 @@ impl AdminClient {
         let base = admin_base(&options.admin)?;
         Ok(AdminClient {
             http: Client::builder(TokioExecutor::new()).build_http(),
-            url: format!("{base}/v1/services/{}/instances/{}", options.service, options.id),
+            url: format!(
+                "{base}/v1/services/{}/instances/{}",
+                options.service, options.id
+            ),
             token: options.token.clone(),
             options: options.clone(),
         })
@@ -218,7 +223,9 @@ impl AdminClient {
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(bytes))
             .map_err(|_| ClientError::BadUrl(Shown::new(url)))?;
-        let timeout = |_| ClientError::Timeout { url: url.to_owned() };
+        let timeout = |_| ClientError::Timeout {
+            url: url.to_owned(),
+        };
         let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(req))
             .await
             .map_err(timeout)?
@@ -271,9 +278,22 @@ mod tests {
 
     #[test]
     fn admin_urls_are_checked() {
-        assert_eq!(admin_base("http://127.0.0.1:9091").ok().as_deref(), Some("http://127.0.0.1:9091"));
-        assert_eq!(admin_base("http://localhost:9091/").ok().as_deref(), Some("http://localhost:9091"));
-        for bad in ["127.0.0.1:9091", "https://h:1", "http://h:1/x", "ftp://h", "", "http://u@h:1"] {
+        assert_eq!(
+            admin_base("http://127.0.0.1:9091").ok().as_deref(),
+            Some("http://127.0.0.1:9091")
+        );
+        assert_eq!(
+            admin_base("http://localhost:9091/").ok().as_deref(),
+            Some("http://localhost:9091")
+        );
+        for bad in [
+            "127.0.0.1:9091",
+            "https://h:1",
+            "http://h:1/x",
+            "ftp://h",
+            "",
+            "http://u@h:1",
+        ] {
             assert!(admin_base(bad).is_err(), "{bad}");
         }
     }
@@ -289,7 +309,8 @@ mod tests {
 
     #[test]
     fn the_root_cause_is_reported() {
-        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
         let outer = std::io::Error::other(inner);
         assert_eq!(root_cause(&outer), "Connection refused");
     }
@@ -309,7 +330,9 @@ mod tests {
             token: None,
             heartbeat: false,
         };
-        let err = run(options, std::future::pending()).await.expect_err("nothing listens");
+        let err = run(options, std::future::pending())
+            .await
+            .expect_err("nothing listens");
         assert!(err.is_transient());
         let text = err.to_string();
         assert!(text.contains("cannot reach the admin API"), "{text}");

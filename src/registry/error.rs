@@ -26,7 +26,9 @@ pub enum RegistryError {
         field: &'static str,
         expected: &'static str,
     },
-    #[error("{kind} {value} is invalid: use 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'")]
+    #[error(
+        "{kind} {value} is invalid: use 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+    )]
     BadName { kind: NameKind, value: Shown },
     #[error("weight {0} is out of range: it must be an integer from 1 to 1000")]
     Weight(Shown),
@@ -75,7 +77,9 @@ pub enum TtlProblem {
 impl fmt::Display for TtlProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            TtlProblem::NotADuration => "it must be a duration string like \"30s\" or \"0s\" (no expiry)",
+            TtlProblem::NotADuration => {
+                "it must be a duration string like \"30s\" or \"0s\" (no expiry)"
+            }
             TtlProblem::TooShort => "a lease must last at least 1s (or \"0s\" for no expiry)",
             TtlProblem::TooLong => "a lease may last at most 365 days (or \"0s\" for no expiry)",
         })

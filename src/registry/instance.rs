@@ -139,7 +139,10 @@ fn ttl_field(value: Option<Value>) -> Result<Option<Duration>, RegistryError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => parse_ttl(&s).map(Some),
-        Some(_) => Err(wrong_type("ttl", "a duration string like \"30s\" (\"0s\" = no expiry)")),
+        Some(_) => Err(wrong_type(
+            "ttl",
+            "a duration string like \"30s\" (\"0s\" = no expiry)",
+        )),
     }
 }
 
@@ -177,8 +180,7 @@ pub fn parse_ttl(s: &str) -> Result<Duration, RegistryError> {
 pub fn check_name(kind: NameKind, s: &str) -> Result<(), RegistryError> {
     let valid = !s.is_empty()
         && s.len() <= MAX_NAME
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if valid {
         Ok(())
@@ -216,28 +218,104 @@ mod tests {
         assert_eq!(r.ttl, Some(Duration::ZERO));
     }
 
+    /// Whether an error is the one a case expects.
+    type Expect = fn(&RegistryError) -> bool;
+
     #[test]
     fn every_bad_body_has_its_error() {
-        let cases: &[(&str, fn(&RegistryError) -> bool)] = &[
+        let cases: &[(&str, Expect)] = &[
             ("{", |e| matches!(e, RegistryError::Json(_))),
             ("", |e| matches!(e, RegistryError::Json(_))),
             ("[1]", |e| matches!(e, RegistryError::NotAnObject)),
             ("{}", |e| matches!(e, RegistryError::MissingAddress)),
-            (r#"{"address": ""}"#, |e| matches!(e, RegistryError::MissingAddress)),
-            (r#"{"address": 9001}"#, |e| matches!(e, RegistryError::WrongType { field: "address", .. })),
-            (r#"{"address": "h:1", "weight": "3"}"#, |e| matches!(e, RegistryError::WrongType { field: "weight", .. })),
-            (r#"{"address": "h:1", "weight": 0}"#, |e| matches!(e, RegistryError::Weight(_))),
-            (r#"{"address": "h:1", "weight": -1}"#, |e| matches!(e, RegistryError::Weight(_))),
-            (r#"{"address": "h:1", "weight": 1001}"#, |e| matches!(e, RegistryError::Weight(_))),
-            (r#"{"address": "h:1", "weight": 1.5}"#, |e| matches!(e, RegistryError::Weight(_))),
-            (r#"{"address": "h:1", "weight": 1e30}"#, |e| matches!(e, RegistryError::Weight(_))),
-            (r#"{"address": "h:1", "ttl": 30}"#, |e| matches!(e, RegistryError::WrongType { field: "ttl", .. })),
-            (r#"{"address": "h:1", "ttl": "soon"}"#, |e| matches!(e, RegistryError::Ttl { problem: TtlProblem::NotADuration, .. })),
-            (r#"{"address": "h:1", "ttl": "-5s"}"#, |e| matches!(e, RegistryError::Ttl { problem: TtlProblem::NotADuration, .. })),
-            (r#"{"address": "h:1", "ttl": "500ms"}"#, |e| matches!(e, RegistryError::Ttl { problem: TtlProblem::TooShort, .. })),
-            (r#"{"address": "h:1", "ttl": "400days"}"#, |e| matches!(e, RegistryError::Ttl { problem: TtlProblem::TooLong, .. })),
-            (r#"{"address": "h:1", "metadata": []}"#, |e| matches!(e, RegistryError::WrongType { field: "metadata", .. })),
-            (r#"{"address": "h:1", "adress": "x"}"#, |e| matches!(e, RegistryError::UnknownField(f) if f == "adress")),
+            (r#"{"address": ""}"#, |e| {
+                matches!(e, RegistryError::MissingAddress)
+            }),
+            (r#"{"address": 9001}"#, |e| {
+                matches!(
+                    e,
+                    RegistryError::WrongType {
+                        field: "address",
+                        ..
+                    }
+                )
+            }),
+            (r#"{"address": "h:1", "weight": "3"}"#, |e| {
+                matches!(
+                    e,
+                    RegistryError::WrongType {
+                        field: "weight",
+                        ..
+                    }
+                )
+            }),
+            (r#"{"address": "h:1", "weight": 0}"#, |e| {
+                matches!(e, RegistryError::Weight(_))
+            }),
+            (r#"{"address": "h:1", "weight": -1}"#, |e| {
+                matches!(e, RegistryError::Weight(_))
+            }),
+            (r#"{"address": "h:1", "weight": 1001}"#, |e| {
+                matches!(e, RegistryError::Weight(_))
+            }),
+            (r#"{"address": "h:1", "weight": 1.5}"#, |e| {
+                matches!(e, RegistryError::Weight(_))
+            }),
+            (r#"{"address": "h:1", "weight": 1e30}"#, |e| {
+                matches!(e, RegistryError::Weight(_))
+            }),
+            (r#"{"address": "h:1", "ttl": 30}"#, |e| {
+                matches!(e, RegistryError::WrongType { field: "ttl", .. })
+            }),
+            (r#"{"address": "h:1", "ttl": "soon"}"#, |e| {
+                matches!(
+                    e,
+                    RegistryError::Ttl {
+                        problem: TtlProblem::NotADuration,
+                        ..
+                    }
+                )
+            }),
+            (r#"{"address": "h:1", "ttl": "-5s"}"#, |e| {
+                matches!(
+                    e,
+                    RegistryError::Ttl {
+                        problem: TtlProblem::NotADuration,
+                        ..
+                    }
+                )
+            }),
+            (r#"{"address": "h:1", "ttl": "500ms"}"#, |e| {
+                matches!(
+                    e,
+                    RegistryError::Ttl {
+                        problem: TtlProblem::TooShort,
+                        ..
+                    }
+                )
+            }),
+            (r#"{"address": "h:1", "ttl": "400days"}"#, |e| {
+                matches!(
+                    e,
+                    RegistryError::Ttl {
+                        problem: TtlProblem::TooLong,
+                        ..
+                    }
+                )
+            }),
+            (r#"{"address": "h:1", "metadata": []}"#, |e| {
+                matches!(
+                    e,
+                    RegistryError::WrongType {
+                        field: "metadata",
+                        ..
+                    }
+                )
+            }),
+            (
+                r#"{"address": "h:1", "adress": "x"}"#,
+                |e| matches!(e, RegistryError::UnknownField(f) if f == "adress"),
+            ),
         ];
         for (body, expected) in cases {
             match parse(body) {

@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(start(Duration::ZERO, now, wall), None);
         let (deadline, expires) = start(Duration::from_secs(30), now, wall).expect("lease");
         assert_eq!(deadline - now, Duration::from_secs(30));
-        assert_eq!(expires.duration_since(wall).ok(), Some(Duration::from_secs(30)));
+        assert_eq!(
+            expires.duration_since(wall).ok(),
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]

@@ -112,7 +112,9 @@ pub struct Snapshot {
 impl Snapshot {
     /// Services with at least one registered instance, by name.
     pub fn services(&self) -> impl Iterator<Item = (&Arc<str>, &[Arc<Instance>])> {
-        self.services.iter().map(|(name, list)| (name, list.as_slice()))
+        self.services
+            .iter()
+            .map(|(name, list)| (name, list.as_slice()))
     }
 
     /// A service's instances (empty when none are registered).
@@ -160,7 +162,18 @@ impl Registry {
         own_listeners: Vec<SocketAddr>,
     ) -> Result<Registry, StoreError> {
         let loaded = store.load()?;
-        let registry = Registry {
+        let registry = Registry::new(store, own_listeners);
+        registry.restore(loaded, config);
+        Ok(registry)
+    }
+
+    /// An empty registry on a memory store (tests, tools).
+    pub fn in_memory(own_listeners: Vec<SocketAddr>) -> Registry {
+        Registry::new(Arc::new(store::MemoryStore::default()), own_listeners)
+    }
+
+    fn new(store: Arc<dyn RegistryStore>, own_listeners: Vec<SocketAddr>) -> Registry {
+        Registry {
             inner: Mutex::new(Inner::default()),
             version: AtomicU64::new(0),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -170,17 +183,6 @@ impl Registry {
             store,
             saved: Arc::new(tokio::sync::Mutex::new(0)),
             own_listeners,
-        };
-        registry.restore(loaded, config);
-        Ok(registry)
-    }
-
-    /// An empty registry on a memory store (tests, tools).
-    pub fn in_memory(config: &RegistryConfig, own_listeners: Vec<SocketAddr>) -> Registry {
-        let store = Arc::new(store::MemoryStore::default());
-        match Registry::open(store, config, own_listeners) {
-            Ok(registry) => registry,
-            Err(e) => unreachable!("a memory store cannot fail to load: {e}"),
         }
     }
 
@@ -241,13 +243,14 @@ impl Registry {
         check_name(NameKind::Instance, id)?;
         // Resolve before taking the lock: DNS may take a while.
         let resolved = address::resolve(&registration.address).await?;
-        let resolved = address::classify(resolved, &self.policy(limits.config)).map_err(
-            |reason| RegistryError::Refused {
-                address: Shown::new(&registration.address),
-                ip: address::canonical(resolved.ip()),
-                reason,
-            },
-        )?;
+        let resolved =
+            address::classify(resolved, &self.policy(limits.config)).map_err(|reason| {
+                RegistryError::Refused {
+                    address: Shown::new(&registration.address),
+                    ip: address::canonical(resolved.ip()),
+                    reason,
+                }
+            })?;
         let ttl = registration.ttl.unwrap_or(limits.config.default_ttl);
         let (now, wall) = (Instant::now(), SystemTime::now());
         let lease = lease::start(ttl, now, wall);
@@ -276,7 +279,9 @@ impl Registry {
         check_name(NameKind::Instance, id)?;
         let now = Instant::now();
         let mut inner = self.lock();
-        let Some((old, lease)) = inner.get(service, id).map(|e| (Arc::clone(&e.instance), e.lease))
+        let Some((old, lease)) = inner
+            .get(service, id)
+            .map(|e| (Arc::clone(&e.instance), e.lease))
         else {
             return Err(not_found(service, id));
         };
@@ -302,7 +307,9 @@ impl Registry {
         check_name(NameKind::Service, service)?;
         check_name(NameKind::Instance, id)?;
         let mut inner = self.lock();
-        let removed = inner.remove(service, id).ok_or_else(|| not_found(service, id))?;
+        let removed = inner
+            .remove(service, id)
+            .ok_or_else(|| not_found(service, id))?;
         self.changed(inner, true, None);
         Ok(removed)
     }

@@ -54,7 +54,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("the registry store `{0}` is not supported by this build; use \"memory\" or \"file:PATH\"")]
+    #[error(
+        "the registry store `{0}` is not supported by this build; use \"memory\" or \"file:PATH\""
+    )]
     Unsupported(String),
     #[error("the registry store writer failed")]
     Task(#[source] tokio::task::JoinError),
@@ -167,8 +169,8 @@ impl RegistryStore for FileStore {
                 return Err(StoreError::Read { path, source });
             }
         };
-        let file: StoredFile = serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(Corruption::Json(e)))?;
+        let file: StoredFile =
+            serde_json::from_slice(&bytes).map_err(|e| self.corrupt(Corruption::Json(e)))?;
         if file.version != FORMAT_VERSION {
             return Err(self.corrupt(Corruption::Version(file.version)));
         }
@@ -186,7 +188,10 @@ impl RegistryStore for FileStore {
     fn save(&self, instances: &[Arc<Instance>]) -> Result<(), StoreError> {
         let file = StoredFile {
             version: FORMAT_VERSION,
-            instances: instances.iter().map(|i| StoredInstance::from(&**i)).collect(),
+            instances: instances
+                .iter()
+                .map(|i| StoredInstance::from(&**i))
+                .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| self.write_error(e.into()))?;
         write_atomically(&self.path, &bytes).map_err(|e| self.write_error(e))
@@ -307,7 +312,11 @@ mod tests {
             address: "localhost:9001".into(),
             resolved: "127.0.0.1:9001".parse().unwrap(),
             weight: 7,
-            ttl: if expires_at.is_some() { Duration::from_secs(30) } else { Duration::ZERO },
+            ttl: if expires_at.is_some() {
+                Duration::from_secs(30)
+            } else {
+                Duration::ZERO
+            },
             expires_at,
             metadata: Arc::new(metadata),
         })
@@ -315,7 +324,10 @@ mod tests {
 
     /// Whole milliseconds, as the file keeps them.
     fn millis(t: SystemTime) -> SystemTime {
-        let ms = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis();
+        let ms = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
     }
 
@@ -348,13 +360,19 @@ mod tests {
     fn a_corrupt_file_is_an_error_naming_it_and_stays_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.json");
-        for text in ["{not json", "", r#"{"version": 9, "instances": []}"#,
-            r#"{"version": 1, "instances": [{"service": "a/b", "id": "x", "address": "h:1", "resolved": "127.0.0.1:1", "weight": 1, "ttl": "0s", "expires_at": null}]}"#]
-        {
+        for text in [
+            "{not json",
+            "",
+            r#"{"version": 9, "instances": []}"#,
+            r#"{"version": 1, "instances": [{"service": "a/b", "id": "x", "address": "h:1", "resolved": "127.0.0.1:1", "weight": 1, "ttl": "0s", "expires_at": null}]}"#,
+        ] {
             std::fs::write(&path, text).unwrap();
             let err = FileStore::new(path.clone()).load().expect_err(text);
             assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-            assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "{err}"
+            );
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
     }
@@ -363,7 +381,9 @@ mod tests {
     fn an_unreadable_path_is_a_read_error() {
         let dir = tempfile::tempdir().unwrap();
         // A folder where the file should be.
-        let err = FileStore::new(dir.path().to_path_buf()).load().expect_err("a folder");
+        let err = FileStore::new(dir.path().to_path_buf())
+            .load()
+            .expect_err("a folder");
         assert!(matches!(err, StoreError::Read { .. }), "{err:?}");
     }
 

@@ -51,74 +51,122 @@ async fn register(
 #[tokio::test]
 async fn register_is_an_idempotent_upsert() {
     let c = config();
-    let r = Registry::in_memory(&c, vec![]);
-    let first = register(&r, &c, "users", "a", None).await.expect("register");
+    let r = Registry::in_memory(vec![]);
+    let first = register(&r, &c, "users", "a", None)
+        .await
+        .expect("register");
     assert_eq!(first.ttl, Duration::from_secs(30), "default ttl");
     assert!(first.expires_at.is_some());
     let index = r.index();
     register(&r, &c, "users", "a", None).await.expect("again");
-    assert_eq!(r.index(), index, "the same registration changes no membership");
+    assert_eq!(
+        r.index(),
+        index,
+        "the same registration changes no membership"
+    );
     assert_eq!(r.snapshot().len(), 1);
 
     let heavier = Registration {
         weight: 5,
         ..registration("127.0.0.1:9001", None)
     };
-    r.register(limits(&c), "users", "a", heavier).await.expect("update");
+    r.register(limits(&c), "users", "a", heavier)
+        .await
+        .expect("update");
     assert_eq!(r.index(), index + 1, "a new weight is a change");
-    assert_eq!(r.snapshot().instance("users", "a").map(|i| i.weight), Some(5));
+    assert_eq!(
+        r.snapshot().instance("users", "a").map(|i| i.weight),
+        Some(5)
+    );
 }
 
 #[tokio::test]
 async fn deregister_removes_and_then_404s() {
     let c = config();
-    let r = Registry::in_memory(&c, vec![]);
-    register(&r, &c, "users", "a", None).await.expect("register");
+    let r = Registry::in_memory(vec![]);
+    register(&r, &c, "users", "a", None)
+        .await
+        .expect("register");
     assert!(r.deregister("users", "a").is_ok());
-    assert!(r.snapshot().is_empty(), "the service goes with its last instance");
-    assert!(matches!(r.deregister("users", "a"), Err(RegistryError::NotFound { .. })));
-    assert!(matches!(r.heartbeat("users", "a"), Err(RegistryError::NotFound { .. })));
+    assert!(
+        r.snapshot().is_empty(),
+        "the service goes with its last instance"
+    );
+    assert!(matches!(
+        r.deregister("users", "a"),
+        Err(RegistryError::NotFound { .. })
+    ));
+    assert!(matches!(
+        r.heartbeat("users", "a"),
+        Err(RegistryError::NotFound { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
 async fn leases_expire_and_heartbeats_renew_them() {
     let c = config();
-    let r = Arc::new(Registry::in_memory(&c, vec![]));
+    let r = Arc::new(Registry::in_memory(vec![]));
     let expiry = tokio::spawn(Arc::clone(&r).run_expiry());
-    register(&r, &c, "users", "kept", Some(2)).await.expect("register");
-    register(&r, &c, "users", "lapsed", Some(2)).await.expect("register");
-    register(&r, &c, "users", "forever", Some(0)).await.expect("register");
+    register(&r, &c, "users", "kept", Some(2))
+        .await
+        .expect("register");
+    register(&r, &c, "users", "lapsed", Some(2))
+        .await
+        .expect("register");
+    register(&r, &c, "users", "forever", Some(0))
+        .await
+        .expect("register");
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(900)).await;
         r.heartbeat("users", "kept").expect("renewed in time");
     }
     let snapshot = r.snapshot();
     let ids: Vec<&str> = snapshot.service("users").iter().map(|i| &*i.id).collect();
-    assert_eq!(ids, ["forever", "kept"], "5.4 s later, only the renewed lease is alive");
-    assert!(matches!(r.heartbeat("users", "lapsed"), Err(RegistryError::NotFound { .. })));
-    assert!(r.heartbeat("users", "forever").expect("no expiry").expires_at.is_none());
+    assert_eq!(
+        ids,
+        ["forever", "kept"],
+        "5.4 s later, only the renewed lease is alive"
+    );
+    assert!(matches!(
+        r.heartbeat("users", "lapsed"),
+        Err(RegistryError::NotFound { .. })
+    ));
+    assert!(r
+        .heartbeat("users", "forever")
+        .expect("no expiry")
+        .expires_at
+        .is_none());
     expiry.abort();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_lease_past_its_deadline_is_gone_before_the_sweep() {
     let c = config();
-    let r = Registry::in_memory(&c, vec![]);
-    register(&r, &c, "users", "a", Some(1)).await.expect("register");
+    let r = Registry::in_memory(vec![]);
+    register(&r, &c, "users", "a", Some(1))
+        .await
+        .expect("register");
     tokio::time::advance(Duration::from_millis(1001)).await;
     // No expiry task runs here: the heartbeat itself sees the lease is over.
-    assert!(matches!(r.heartbeat("users", "a"), Err(RegistryError::NotFound { .. })));
+    assert!(matches!(
+        r.heartbeat("users", "a"),
+        Err(RegistryError::NotFound { .. })
+    ));
     assert!(r.snapshot().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_new_earlier_lease_wakes_the_expiry_task() {
     let c = config();
-    let r = Arc::new(Registry::in_memory(&c, vec![]));
+    let r = Arc::new(Registry::in_memory(vec![]));
     let expiry = tokio::spawn(Arc::clone(&r).run_expiry());
-    register(&r, &c, "users", "long", Some(60)).await.expect("register");
+    register(&r, &c, "users", "long", Some(60))
+        .await
+        .expect("register");
     tokio::time::sleep(Duration::from_millis(10)).await;
-    register(&r, &c, "users", "short", Some(1)).await.expect("register");
+    register(&r, &c, "users", "short", Some(1))
+        .await
+        .expect("register");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(r.snapshot().instance("users", "short").is_none());
     assert!(r.snapshot().instance("users", "long").is_some());
@@ -128,14 +176,23 @@ async fn a_new_earlier_lease_wakes_the_expiry_task() {
 #[tokio::test]
 async fn instance_limit_counts_new_ids_only() {
     let c = config();
-    let r = Registry::in_memory(&c, vec![]);
+    let r = Registry::in_memory(vec![]);
     for id in ["a", "b", "c"] {
-        register(&r, &c, "users", id, None).await.expect("under the limit");
+        register(&r, &c, "users", id, None)
+            .await
+            .expect("under the limit");
     }
     let over = register(&r, &c, "users", "d", None).await;
-    assert!(matches!(over, Err(RegistryError::TooManyInstances { max: 3, .. })), "{over:?}");
-    register(&r, &c, "users", "a", None).await.expect("updating is not a new instance");
-    register(&r, &c, "other", "d", None).await.expect("the limit is per service");
+    assert!(
+        matches!(over, Err(RegistryError::TooManyInstances { max: 3, .. })),
+        "{over:?}"
+    );
+    register(&r, &c, "users", "a", None)
+        .await
+        .expect("updating is not a new instance");
+    register(&r, &c, "other", "d", None)
+        .await
+        .expect("the limit is per service");
 }
 
 #[tokio::test]
@@ -144,9 +201,12 @@ async fn new_services_can_be_refused() {
         allow_new_services: false,
         ..config()
     };
-    let r = Registry::in_memory(&c, vec![]);
+    let r = Registry::in_memory(vec![]);
     let refused = register(&r, &c, "users", "a", None).await;
-    assert!(matches!(refused, Err(RegistryError::NewService(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(RegistryError::NewService(_))),
+        "{refused:?}"
+    );
     let declared = Limits {
         config: &c,
         declared: true,
@@ -163,44 +223,84 @@ async fn addresses_are_checked_after_resolution() {
         ..config()
     };
     let own = vec!["127.0.0.1:8080".parse().unwrap()];
-    let r = Registry::in_memory(&config(), own);
+    let r = Registry::in_memory(own);
     let refused = r
-        .register(limits(&c), "users", "a", registration("localhost:9001", None))
+        .register(
+            limits(&c),
+            "users",
+            "a",
+            registration("localhost:9001", None),
+        )
         .await;
-    assert!(matches!(refused, Err(RegistryError::Refused { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(RegistryError::Refused { .. })),
+        "{refused:?}"
+    );
     let own = r
-        .register(limits(&config()), "users", "a", registration("127.0.0.1:8080", None))
+        .register(
+            limits(&config()),
+            "users",
+            "a",
+            registration("127.0.0.1:8080", None),
+        )
         .await;
-    assert!(matches!(own, Err(RegistryError::Refused { reason: address::Refusal::OwnListener, .. })));
+    assert!(matches!(
+        own,
+        Err(RegistryError::Refused {
+            reason: address::Refusal::OwnListener,
+            ..
+        })
+    ));
     let mapped = r
-        .register(limits(&config()), "users", "a", registration("[::ffff:127.0.0.1]:9001", None))
+        .register(
+            limits(&config()),
+            "users",
+            "a",
+            registration("[::ffff:127.0.0.1]:9001", None),
+        )
         .await
         .expect("loopback is unicast");
     assert_eq!(mapped.resolved, "127.0.0.1:9001".parse().unwrap());
-    assert_eq!(&*mapped.address, "[::ffff:127.0.0.1]:9001", "kept as registered");
+    assert_eq!(
+        &*mapped.address, "[::ffff:127.0.0.1]:9001",
+        "kept as registered"
+    );
 }
 
 #[tokio::test]
 async fn bad_names_are_refused() {
     let c = config();
-    let r = Registry::in_memory(&c, vec![]);
-    for (service, id) in [("a b", "x"), ("users", "a/b"), ("", "x"), ("users", &"x".repeat(129))] {
+    let r = Registry::in_memory(vec![]);
+    for (service, id) in [
+        ("a b", "x"),
+        ("users", "a/b"),
+        ("", "x"),
+        ("users", &"x".repeat(129)),
+    ] {
         let got = register(&r, &c, service, id, None).await;
-        assert!(matches!(got, Err(RegistryError::BadName { .. })), "{service:?}/{id:?}");
+        assert!(
+            matches!(got, Err(RegistryError::BadName { .. })),
+            "{service:?}/{id:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn snapshots_are_shared_until_something_changes() {
     let c = config();
-    let r = Registry::in_memory(&c, vec![]);
-    register(&r, &c, "users", "a", None).await.expect("register");
+    let r = Registry::in_memory(vec![]);
+    register(&r, &c, "users", "a", None)
+        .await
+        .expect("register");
     let one = r.snapshot();
     let two = r.snapshot();
     assert!(Arc::ptr_eq(&one, &two));
     r.heartbeat("users", "a").expect("renew");
     let three = r.snapshot();
-    assert!(!Arc::ptr_eq(&one, &three), "a heartbeat moves the lease's end");
+    assert!(
+        !Arc::ptr_eq(&one, &three),
+        "a heartbeat moves the lease's end"
+    );
     assert_eq!(one.index, three.index, "but not the membership index");
 }
 
@@ -211,7 +311,9 @@ async fn the_writer_saves_the_latest_snapshot_and_restores_it() {
     let r = Arc::new(Registry::open(store.clone(), &c, vec![]).expect("open"));
     let writer = tokio::spawn(Arc::clone(&r).run_writer());
     for id in ["a", "b", "c"] {
-        register(&r, &c, "users", id, Some(60)).await.expect("register");
+        register(&r, &c, "users", id, Some(60))
+            .await
+            .expect("register");
     }
     r.flush().await.expect("flush");
     assert_eq!(store.saved().len(), 3);
@@ -221,14 +323,21 @@ async fn the_writer_saves_the_latest_snapshot_and_restores_it() {
     let snapshot = reopened.snapshot();
     assert_eq!(snapshot.len(), 3);
     let kept = snapshot.instance("users", "a").expect("restored");
-    assert_eq!(kept.expires_at, r.snapshot().instance("users", "a").unwrap().expires_at);
+    assert_eq!(
+        kept.expires_at,
+        r.snapshot().instance("users", "a").unwrap().expires_at
+    );
 }
 
 #[tokio::test]
 async fn expired_and_refused_leases_are_dropped_at_load() {
     let c = config();
     let store = Arc::new(MemoryStore::default());
-    let mut past = Instance::clone(&register(&Registry::in_memory(&c, vec![]), &c, "users", "old", Some(60)).await.unwrap());
+    let mut past = Instance::clone(
+        &register(&Registry::in_memory(vec![]), &c, "users", "old", Some(60))
+            .await
+            .unwrap(),
+    );
     past.expires_at = Some(std::time::SystemTime::now() - Duration::from_secs(1));
     let mut looping = past.clone();
     looping.id = "loop".into();
@@ -252,11 +361,16 @@ async fn expired_and_refused_leases_are_dropped_at_load() {
 #[tokio::test]
 async fn watchers_see_membership_changes() {
     let c = config();
-    let r = Registry::in_memory(&c, vec![]);
+    let r = Registry::in_memory(vec![]);
     let mut rx = r.subscribe();
-    register(&r, &c, "users", "a", None).await.expect("register");
+    register(&r, &c, "users", "a", None)
+        .await
+        .expect("register");
     assert!(rx.has_changed().unwrap());
     rx.borrow_and_update();
     r.heartbeat("users", "a").expect("renew");
-    assert!(!rx.has_changed().unwrap(), "heartbeats do not wake watchers");
+    assert!(
+        !rx.has_changed().unwrap(),
+        "heartbeats do not wake watchers"
+    );
 }

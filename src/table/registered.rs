@@ -246,12 +246,19 @@ mod tests {
             .expect("test config");
         let registry_config = config.registry.clone();
         let publisher = Arc::new(Publisher::new(Arc::new(config), Metrics::new()));
-        let registry = Arc::new(Registry::in_memory(&registry_config, vec![]));
+        let registry = Arc::new(Registry::in_memory(vec![]));
         publisher.attach_registry(Arc::clone(&registry));
         (publisher, registry, registry_config)
     }
 
-    async fn register(registry: &Registry, config: &RegistryConfig, service: &str, id: &str, address: &str, weight: u32) {
+    async fn register(
+        registry: &Registry,
+        config: &RegistryConfig,
+        service: &str,
+        id: &str,
+        address: &str,
+        weight: u32,
+    ) {
         let limits = Limits {
             config,
             declared: false,
@@ -275,7 +282,13 @@ mod tests {
         service
             .backends
             .iter()
-            .map(|b| (b.id.to_string(), b.source.as_str(), service.ready.iter().any(|r| Arc::ptr_eq(r, b))))
+            .map(|b| {
+                (
+                    b.id.to_string(),
+                    b.source.as_str(),
+                    service.ready.iter().any(|r| Arc::ptr_eq(r, b)),
+                )
+            })
             .collect()
     }
 
@@ -303,16 +316,40 @@ mod tests {
         let (publisher, registry, rc) = setup("").await;
         register(&registry, &rc, "users", "a", "127.0.0.1:9001", 1).await;
         publisher.republish();
-        let first = Arc::clone(&publisher.table().load_full().service("users").unwrap().backends[0]);
+        let first = Arc::clone(
+            &publisher
+                .table()
+                .load_full()
+                .service("users")
+                .unwrap()
+                .backends[0],
+        );
         register(&registry, &rc, "users", "a", "127.0.0.1:9001", 7).await;
         publisher.republish();
-        let second = Arc::clone(&publisher.table().load_full().service("users").unwrap().backends[0]);
+        let second = Arc::clone(
+            &publisher
+                .table()
+                .load_full()
+                .service("users")
+                .unwrap()
+                .backends[0],
+        );
         assert!(Arc::ptr_eq(&first, &second));
         assert_eq!(second.weight(), 7);
         register(&registry, &rc, "users", "a", "127.0.0.1:9002", 7).await;
         publisher.republish();
-        let third = Arc::clone(&publisher.table().load_full().service("users").unwrap().backends[0]);
-        assert!(!Arc::ptr_eq(&second, &third), "a new address is a new backend");
+        let third = Arc::clone(
+            &publisher
+                .table()
+                .load_full()
+                .service("users")
+                .unwrap()
+                .backends[0],
+        );
+        assert!(
+            !Arc::ptr_eq(&second, &third),
+            "a new address is a new backend"
+        );
     }
 
     #[tokio::test]
@@ -321,21 +358,34 @@ mod tests {
         register(&registry, &rc, "users", "a", "127.0.0.1:9001", 1).await;
         register(&registry, &rc, "users", "b", "127.0.0.1:9002", 1).await;
         publisher.republish();
-        let a = Arc::clone(&publisher.table().load_full().service("users").unwrap().backends[0]);
+        let a = Arc::clone(
+            &publisher
+                .table()
+                .load_full()
+                .service("users")
+                .unwrap()
+                .backends[0],
+        );
         let in_flight = a.start_request();
         registry.deregister("users", "a").expect("deregister");
         publisher.republish();
         let table = publisher.table().load_full();
         assert_eq!(
             ids(&table, "users"),
-            [("b".into(), "registry", true), ("a".into(), "registry", false)]
+            [
+                ("b".into(), "registry", true),
+                ("a".into(), "registry", false)
+            ]
         );
         assert!(a.is_draining());
         assert!(!publisher.lock().registered.drains_finished());
         drop(in_flight);
         assert!(publisher.lock().registered.drains_finished());
         publisher.republish();
-        assert_eq!(ids(&publisher.table().load_full(), "users"), [("b".into(), "registry", true)]);
+        assert_eq!(
+            ids(&publisher.table().load_full(), "users"),
+            [("b".into(), "registry", true)]
+        );
         assert_eq!(publisher.lock().registered_backends(), 1);
     }
 
@@ -358,6 +408,9 @@ mod tests {
         publisher.republish();
         let table = publisher.table().load_full();
         assert_eq!(ids(&table, "users"), [("a".into(), "registry", false)]);
-        assert_eq!(table.service("users").unwrap().backends[0].health(), Health::Unknown);
+        assert_eq!(
+            table.service("users").unwrap().backends[0].health(),
+            Health::Unknown
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::{
     AdminConfig, BalancePolicy, Config, HealthCheckConfig, HealthCheckKind, LogConfig,
     OutlierConfig, ProxyConfig, RegistryConfig, RetryConfig, RetryOn, ServiceConfig, StoreConfig,
-    UpstreamProtocol,
+    UpstreamProtocol, UpstreamTls,
 };
 
 /// Defaults only: proxy on 0.0.0.0:8080, admin on 127.0.0.1:9091, no services.
@@ -81,6 +81,7 @@ pub(in crate::config) fn default_service() -> ServiceConfig {
         outlier: None,
         max_requests_per_backend: 0,
         panic_threshold: 0,
+        tls: UpstreamTls::default(),
     }
 }
 

@@ -1,0 +1,603 @@
+//! Protocols towards backends and passed through them, end to end:
+//! `protocol = "https"` (TLS with ALPN to an in-process hyper server, trusted
+//! through `tls_ca`, named by the backend's host or `tls_server_name`),
+//! `protocol = "h2c"`, h2c prior knowledge from curl, gRPC with real python
+//! grpcio clients and servers (balanced per request, trailers and error
+//! statuses delivered), and WebSocket with python `websockets` (messages
+//! both ways, least_conn counting an open socket as in flight).
+//!
+//! The python packages are required: a test that needs one and cannot import
+//! it fails naming the pip package (`.ci/run` installs both).
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use switchyard::app::App;
+use switchyard::config::Config;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use support::*;
+
+// ===== an app whose config folder holds extra files =====
+
+/// The App in-process, its config file beside `files` (name, contents), so
+/// relative paths in the config resolve to them.
+struct AppWithFiles {
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    _config: ConfigFile,
+    shutdown: Option<oneshot::Sender<()>>,
+    _handle: JoinHandle<()>,
+}
+
+impl Drop for AppWithFiles {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn start_with_files(toml: &str, files: &[(&str, &str)]) -> AppWithFiles {
+    let config = ConfigFile::new(toml);
+    let dir = config.path().parent().expect("config folder").to_path_buf();
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).expect("write file beside the config");
+    }
+    let loaded = Config::load(config.path())
+        .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{toml}"));
+    let app = App::bind(loaded)
+        .await
+        .unwrap_or_else(|e| panic!("App::bind failed: {e}"));
+    let proxy = app.proxy_addrs()[0];
+    let admin = app.admin_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _ = app
+            .run(async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    wait_ready(admin).await;
+    AppWithFiles {
+        proxy,
+        admin,
+        _config: config,
+        shutdown: Some(tx),
+        _handle: handle,
+    }
+}
+
+// ===== in-process backends that report the protocol they saw =====
+
+/// Answers every request with its HTTP version (`HTTP/2.0`, `HTTP/1.1`).
+async fn version_service(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from(format!(
+        "{:?}",
+        req.version()
+    )))))
+}
+
+/// What a TLS backend saw of its clients.
+#[derive(Default)]
+struct TlsSeen {
+    /// SNI of each handshake (`None`: the client sent none).
+    sni: Mutex<Vec<Option<String>>>,
+    connections: AtomicUsize,
+}
+
+/// A hyper server (HTTP/1.1 and HTTP/2) behind tokio-rustls on 127.0.0.1:0.
+struct TlsBackend {
+    addr: SocketAddr,
+    seen: Arc<TlsSeen>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsBackend {
+    async fn start(cert_pem: &str, key_pem: &str, alpn: &[&[u8]]) -> TlsBackend {
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("backend cert");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("backend key");
+        let mut config = rustls::ServerConfig::builder_with_provider(switchyard::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("backend server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(TlsSeen::default());
+        let task = tokio::spawn(accept_tls(listener, acceptor, Arc::clone(&seen)));
+        TlsBackend { addr, seen, task }
+    }
+
+    fn sni(&self) -> Vec<Option<String>> {
+        self.seen.sni.lock().expect("lock").clone()
+    }
+}
+
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    seen: Arc<TlsSeen>,
+) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        let acceptor = acceptor.clone();
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let sni = tls.get_ref().1.server_name().map(str::to_owned);
+            seen.sni.lock().expect("lock").push(sni);
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service_fn(version_service))
+                .await;
+        });
+    }
+}
+
+/// An h2c-only (prior knowledge) hyper server on 127.0.0.1:0.
+async fn start_h2c_backend() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service_fn(version_service)),
+            );
+        }
+    });
+    (addr, task)
+}
+
+/// A test CA and one leaf for `sans`: (CA PEM, leaf PEM, leaf key PEM).
+fn pki(sans: &[&str]) -> (String, String, String) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Switchyard backend test CA");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(sans)
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+fn https_service(address: &str, extra: &str) -> String {
+    format!(
+        "[services.secure]\nbackends = [\"{address}\"]\nprotocol = \"https\"\n{extra}\n\
+         [services.secure.retry]\nattempts = 0\n\n"
+    )
+}
+
+// ===== https and h2c to backends =====
+
+#[tokio::test]
+async fn https_backend_speaks_h2_by_alpn_named_by_its_host() {
+    let (ca, cert, key) = pki(&["localhost"]);
+    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let address = format!("localhost:{}", backend.addr.port());
+    let toml = base_toml() + &https_service(&address, "tls_ca = \"ca.pem\"");
+    let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
+    for _ in 0..3 {
+        let resp = get(app.proxy, "/secure/x").await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.text(), "HTTP/2.0");
+    }
+    assert_eq!(backend.sni(), vec![Some("localhost".to_string())]);
+    assert_eq!(
+        backend.seen.connections.load(Ordering::SeqCst),
+        1,
+        "the three requests should share one pooled HTTP/2 connection"
+    );
+}
+
+#[tokio::test]
+async fn https_backend_without_h2_gets_http1() {
+    let (ca, cert, key) = pki(&["localhost"]);
+    let backend = TlsBackend::start(&cert, &key, &[b"http/1.1"]).await;
+    let address = format!("localhost:{}", backend.addr.port());
+    let toml = base_toml() + &https_service(&address, "tls_ca = \"ca.pem\"");
+    let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
+    let resp = get(app.proxy, "/secure/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "HTTP/1.1");
+}
+
+#[tokio::test]
+async fn https_backend_certificate_is_verified() {
+    let (_ca, cert, key) = pki(&["localhost"]);
+    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    // Not trusted: the test CA is not among the webpki roots.
+    let address = format!("localhost:{}", backend.addr.port());
+    let app = start_with_files(&(base_toml() + &https_service(&address, "")), &[]).await;
+    let resp = get(app.proxy, "/secure/x").await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.reason(), Some("backend connect failed"));
+}
+
+#[tokio::test]
+async fn tls_server_name_overrides_the_verified_name() {
+    let (ca, cert, key) = pki(&["backend.internal"]);
+    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let address = backend.addr.to_string();
+    let extra = "tls_ca = \"ca.pem\"\ntls_server_name = \"backend.internal\"";
+    let app = start_with_files(
+        &(base_toml() + &https_service(&address, extra)),
+        &[("ca.pem", &ca)],
+    )
+    .await;
+    let resp = get(app.proxy, "/secure/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(backend.sni(), vec![Some("backend.internal".to_string())]);
+    // Without the override the IP address is verified, and the cert lacks it.
+    let plain = start_with_files(
+        &(base_toml() + &https_service(&address, "tls_ca = \"ca.pem\"")),
+        &[("ca.pem", &ca)],
+    )
+    .await;
+    let resp = get(plain.proxy, "/secure/x").await;
+    assert_eq!(resp.status, 502);
+}
+
+#[tokio::test]
+async fn h2c_backend_gets_http2() {
+    let (addr, task) = start_h2c_backend().await;
+    let toml =
+        base_toml() + &format!("[services.fast]\nbackends = [\"{addr}\"]\nprotocol = \"h2c\"\n");
+    let app = start_with_files(&toml, &[]).await;
+    let resp = get(app.proxy, "/fast/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "HTTP/2.0");
+    task.abort();
+}
+
+#[tokio::test]
+async fn curl_h2c_prior_knowledge() {
+    let backend = FakeBackend::start("web").await;
+    let toml = base_toml() + &service_toml("web", &[&backend], "");
+    let app = start_with_files(&toml, &[]).await;
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-w",
+            " %{http_version}",
+        ])
+        .arg(format!("http://{}/web/x", app.proxy))
+        .output()
+        .await
+        .expect("curl must be installed (.ci/run installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "web 2");
+}
+
+// ===== python helpers =====
+
+/// Fails (never skips) when a python package is missing.
+async fn require_python(module: &str, package: &str) {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 cannot import `{module}`: install the pip package `{package}` \
+         (python3 -m pip install '{package}'; .ci/run does this)"
+    );
+}
+
+/// A python script run from a temp file; killed when dropped.
+struct Py {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Py {
+    async fn run(script: &str, args: &[&str]) -> Py {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path: PathBuf = dir.path().join("script.py");
+        std::fs::write(&path, script).expect("write script");
+        let mut child = Command::new("python3")
+            .arg(Path::new(&path))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 must be installed");
+        let stdout = child.stdout.take().expect("stdout");
+        Py {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            _dir: dir,
+        }
+    }
+
+    /// The next stdout line (bounded wait).
+    async fn line(&mut self) -> String {
+        match tokio::time::timeout(Duration::from_secs(30), self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => panic!("python script gave no line: {other:?}"),
+        }
+    }
+
+    async fn json(&mut self) -> Value {
+        let line = self.line().await;
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    async fn send_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write stdin");
+        stdin.flush().await.expect("flush stdin");
+    }
+
+    /// Starts a server script that prints its port first.
+    async fn server(script: &str, name: &str) -> (Py, SocketAddr) {
+        let mut py = Py::run(script, &[name]).await;
+        let port: u16 = py.line().await.trim().parse().expect("port line");
+        (py, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+// ===== gRPC =====
+
+const GRPC_SERVER: &str = r#"
+import sys
+from concurrent import futures
+import grpc
+
+name = sys.argv[1]
+
+def who(request, context):
+    return name.encode()
+
+def fail(request, context):
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
+
+def count(request, context):
+    for i in range(int(request.decode())):
+        yield str(i).encode()
+
+handler = grpc.method_handlers_generic_handler("test.Switchyard", {
+    "Who": grpc.unary_unary_rpc_method_handler(who),
+    "Fail": grpc.unary_unary_rpc_method_handler(fail),
+    "Count": grpc.unary_stream_rpc_method_handler(count),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+server.wait_for_termination()
+"#;
+
+const GRPC_CLIENT: &str = r#"
+import json, sys
+import grpc
+
+target, calls = sys.argv[1], int(sys.argv[2])
+out = {}
+with grpc.insecure_channel(target) as channel:
+    who = channel.unary_unary("/test.Switchyard/Who")
+    names = []
+    for _ in range(calls):
+        reply, call = who.with_call(b"hi", timeout=10)
+        names.append(reply.decode())
+    out["names"] = names
+    out["who_code"] = call.code().name
+    try:
+        channel.unary_unary("/test.Switchyard/Fail")(b"x", timeout=10)
+        out["fail_code"] = "OK"
+    except grpc.RpcError as e:
+        out["fail_code"] = e.code().name
+        out["fail_details"] = e.details()
+    stream = channel.unary_stream("/test.Switchyard/Count")(b"5", timeout=10)
+    out["stream"] = [m.decode() for m in stream]
+    out["stream_code"] = stream.code().name
+print(json.dumps(out), flush=True)
+"#;
+
+#[tokio::test]
+async fn grpc_passes_through_balanced_per_request() {
+    require_python("grpc", "grpcio").await;
+    let (_a, a) = Py::server(GRPC_SERVER, "alpha").await;
+    let (_b, b) = Py::server(GRPC_SERVER, "beta").await;
+    let toml = base_toml()
+        + &format!("[services.grpc]\nbackends = [\"{a}\", \"{b}\"]\nprotocol = \"h2c\"\n\n")
+        + &route_toml(None, "/", "grpc", false);
+    let app = start_with_files(&toml, &[]).await;
+    // One channel: every call rides the same client connection.
+    let target = app.proxy.to_string();
+    let mut client = Py::run(GRPC_CLIENT, &[&target, "6"]).await;
+    let out = client.json().await;
+    let names: Vec<String> = out["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .map(|v| v.as_str().unwrap_or("").to_string())
+        .collect();
+    let counts = tally(&names);
+    assert_eq!(
+        (counts.get("alpha"), counts.get("beta")),
+        (Some(&3), Some(&3)),
+        "calls on one connection should alternate between servers: {names:?}"
+    );
+    assert_eq!(out["who_code"], "OK");
+    assert_eq!(out["fail_code"], "NOT_FOUND", "{out}");
+    assert_eq!(out["fail_details"], "no such thing: x", "{out}");
+    assert_eq!(out["stream"], serde_json::json!(["0", "1", "2", "3", "4"]));
+    assert_eq!(out["stream_code"], "OK");
+}
+
+// ===== WebSocket =====
+
+const WS_SERVER: &str = r#"
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+name = sys.argv[1]
+
+async def echo(ws):
+    await ws.send(f"hello from {name}")
+    async for message in ws:
+        await ws.send(f"{name}:{message}")
+
+async def main():
+    async with serve(echo, "127.0.0.1", 0) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.get_running_loop().create_future()
+
+asyncio.run(main())
+"#;
+
+/// Opens two sockets, talks on both, reports, waits for a line on stdin,
+/// talks again, closes both, reports.
+const WS_CLIENT: &str = r#"
+import asyncio, json, sys
+from websockets.asyncio.client import connect
+
+async def talk(ws, tag):
+    replies = [await ws.recv()]
+    for i in range(3):
+        await ws.send(f"{tag}{i}")
+        replies.append(await ws.recv())
+    return replies
+
+async def main():
+    url = sys.argv[1]
+    first = await connect(url)
+    one = await talk(first, "a")
+    second = await connect(url)
+    two = await talk(second, "b")
+    print(json.dumps({"first": one, "second": two}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await first.send("again")
+    await second.send("again")
+    last = [await first.recv(), await second.recv()]
+    await first.close()
+    await second.close()
+    print(json.dumps({"last": last}), flush=True)
+
+asyncio.run(main())
+"#;
+
+/// `active_requests` of each instance of `service`, by address.
+async fn active_requests(admin: SocketAddr, service: &str) -> Vec<(String, u64)> {
+    let body = get(admin, &format!("/v1/services/{service}")).await.json();
+    body["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| {
+            let address = i["address"].as_str().unwrap_or("").to_string();
+            (address, i["active_requests"].as_u64().unwrap_or(u64::MAX))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn websocket_passes_through_and_counts_as_in_flight() {
+    require_python("websockets.asyncio.server", "websockets>=13").await;
+    let (_a, a) = Py::server(WS_SERVER, "alpha").await;
+    let (_b, b) = Py::server(WS_SERVER, "beta").await;
+    let toml = base_toml()
+        + &format!("[services.ws]\nbackends = [\"{a}\", \"{b}\"]\nbalance = \"least_conn\"\n");
+    let app = start_with_files(&toml, &[]).await;
+    let url = format!("ws://{}/ws/chat", app.proxy);
+    let mut client = Py::run(WS_CLIENT, &[&url]).await;
+    let out = client.json().await;
+    let server_of = |replies: &Value| -> String {
+        let hello = replies[0].as_str().unwrap_or("");
+        hello.trim_start_matches("hello from ").to_string()
+    };
+    let (first, second) = (server_of(&out["first"]), server_of(&out["second"]));
+    assert_eq!(
+        out["first"],
+        serde_json::json!([
+            format!("hello from {first}"),
+            format!("{first}:a0"),
+            format!("{first}:a1"),
+            format!("{first}:a2")
+        ])
+    );
+    assert_eq!(out["second"][3], format!("{second}:b2"));
+    assert_ne!(
+        first, second,
+        "least_conn must send the second socket to the idle server while the first is open"
+    );
+    // Both sockets are open: each server counts one request in flight.
+    let active = active_requests(app.admin, "ws").await;
+    assert!(active.iter().all(|(_, n)| *n == 1), "{active:?}");
+    client.send_line("go").await;
+    let out = client.json().await;
+    assert_eq!(
+        out["last"],
+        serde_json::json!([format!("{first}:again"), format!("{second}:again")])
+    );
+    eventually(WAIT, "closed sockets stop counting", || async {
+        active_requests(app.admin, "ws")
+            .await
+            .iter()
+            .all(|(_, n)| *n == 0)
+    })
+    .await;
+}
