@@ -9,6 +9,7 @@
 //! a whole table when a source changes, and swaps it in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -88,6 +89,9 @@ struct State {
     clients: HashMap<UpstreamKey, Upstream>,
     service_metrics: HashMap<Arc<str>, Arc<ServiceMetrics>>,
     budgets: HashMap<Arc<str>, Arc<RetryBudget>>,
+    /// Balancer cursors, so a rebuild does not restart round robin at the
+    /// first backend (which, with frequent rebuilds, would favour it).
+    cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
     /// Registered instances: their backends, drains, the registry handle.
     registered: registered::Registered,
 }
@@ -102,6 +106,7 @@ impl Publisher {
             clients: HashMap::new(),
             service_metrics: HashMap::new(),
             budgets: HashMap::new(),
+            cursors: HashMap::new(),
             registered: registered::Registered::default(),
         };
         let table = Arc::new(ArcSwap::from_pointee(state.rebuild()));
@@ -199,6 +204,7 @@ impl State {
         self.registered.finish(&self.metrics, &self.backends);
         self.service_metrics.retain(|k, _| by_name.contains_key(k));
         self.budgets.retain(|k, _| by_name.contains_key(k));
+        self.cursors.retain(|k, _| by_name.contains_key(k));
         // TLS pools are per service: drop those of removed services.
         self.clients
             .retain(|k, _| k.service().map_or(true, |s| by_name.contains_key(s)));
@@ -236,7 +242,8 @@ impl State {
             kept.insert(key, Arc::clone(&backend));
             backends.push(backend);
         }
-        self.registered.add(&name, &settings, &mut backends, &self.metrics);
+        self.registered
+            .add(&name, &settings, &mut backends, &self.metrics);
         if settings.health_check.is_none() {
             // Checks switched off (or never on): everyone counts as healthy.
             backends.iter().for_each(|b| b.set_health(Health::Healthy));
@@ -246,7 +253,11 @@ impl State {
         upstream.pin(&backends);
         Service {
             budget: Arc::clone(self.budgets.entry(Arc::clone(&name)).or_default()),
-            balancer: Balancer::new(settings.balance, &ready),
+            balancer: Balancer::new(
+                settings.balance,
+                &ready,
+                Arc::clone(self.cursors.entry(Arc::clone(&name)).or_default()),
+            ),
             policy: settings.balance,
             upstream,
             metrics: self.service_metrics(&name),

@@ -14,13 +14,14 @@ const FULL_SCAN: usize = 16;
 
 #[derive(Debug, Default)]
 pub struct LeastConn {
-    /// Rotating start for scans and the seed of the two-choice sampler.
-    next: AtomicUsize,
+    /// Rotating start for scans and the seed of the two-choice sampler;
+    /// shared across rebuilds.
+    next: Arc<AtomicUsize>,
 }
 
 impl LeastConn {
-    pub fn new() -> LeastConn {
-        LeastConn::default()
+    pub fn new(next: Arc<AtomicUsize>) -> LeastConn {
+        LeastConn { next }
     }
 }
 
@@ -91,7 +92,7 @@ mod tests {
     #[test]
     fn prefers_the_idle_backend() {
         let ready = vec![backend("127.0.0.1:9001", 1), backend("127.0.0.1:9002", 1)];
-        let lc = LeastConn::new();
+        let lc = LeastConn::new(Arc::default());
         let _busy = ready[0].start_request();
         for _ in 0..10 {
             assert_eq!(lc.pick(&ready, &[]), Some(1));
@@ -101,7 +102,7 @@ mod tests {
     #[test]
     fn ties_rotate() {
         let ready = vec![backend("127.0.0.1:9001", 1), backend("127.0.0.1:9002", 1)];
-        let lc = LeastConn::new();
+        let lc = LeastConn::new(Arc::default());
         let a = lc.pick(&ready, &[]);
         let b = lc.pick(&ready, &[]);
         assert_ne!(a, b);
@@ -110,7 +111,7 @@ mod tests {
     #[test]
     fn weight_scales_capacity() {
         let ready = vec![backend("127.0.0.1:9001", 3), backend("127.0.0.1:9002", 1)];
-        let lc = LeastConn::new();
+        let lc = LeastConn::new(Arc::default());
         let _g: Vec<_> = (0..2).map(|_| ready[0].start_request()).collect();
         let _h = ready[1].start_request();
         // 2/3 < 1/1: the heavy one still has room.
@@ -120,7 +121,7 @@ mod tests {
     #[test]
     fn tried_is_excluded_even_if_idle() {
         let ready = vec![backend("127.0.0.1:9001", 1), backend("127.0.0.1:9002", 1)];
-        let lc = LeastConn::new();
+        let lc = LeastConn::new(Arc::default());
         let _busy = ready[1].start_request();
         assert_eq!(lc.pick(&ready, &[0]), Some(1));
         assert_eq!(lc.pick(&ready, &[0, 1]), None);
@@ -140,7 +141,7 @@ mod tests {
             .map(|i| backend(&format!("127.0.0.1:{}", 9000 + i), 1))
             .collect();
         let _busy: Vec<_> = (0..5).map(|_| ready[7].start_request()).collect();
-        let lc = LeastConn::new();
+        let lc = LeastConn::new(Arc::default());
         let hits = (0..2000)
             .filter(|_| lc.pick(&ready, &[]) == Some(7))
             .count();

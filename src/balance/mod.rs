@@ -8,6 +8,7 @@
 mod least_conn;
 mod round_robin;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 pub use least_conn::LeastConn;
@@ -30,10 +31,15 @@ pub enum Balancer {
 
 impl Balancer {
     /// Build `policy` for this exact `ready` slice (weights are read now).
-    pub fn new(policy: BalancePolicy, ready: &[Arc<Backend>]) -> Balancer {
+    /// `cursor` is the service's position, shared across rebuilds.
+    pub fn new(
+        policy: BalancePolicy,
+        ready: &[Arc<Backend>],
+        cursor: Arc<AtomicUsize>,
+    ) -> Balancer {
         match policy {
-            BalancePolicy::RoundRobin => Balancer::RoundRobin(RoundRobin::new(ready)),
-            BalancePolicy::LeastConn => Balancer::LeastConn(LeastConn::new()),
+            BalancePolicy::RoundRobin => Balancer::RoundRobin(RoundRobin::new(ready, cursor)),
+            BalancePolicy::LeastConn => Balancer::LeastConn(LeastConn::new(cursor)),
         }
     }
 

@@ -22,15 +22,16 @@ const MAX_SCHEDULE: u64 = 1 << 16;
 pub struct RoundRobin {
     /// Indices into the ready slice; empty when all weights are equal (plain rotation).
     schedule: Box<[u32]>,
-    next: AtomicUsize,
+    /// Shared with the next rebuild's balancer, so the rotation continues.
+    next: Arc<AtomicUsize>,
 }
 
 impl RoundRobin {
-    pub fn new(ready: &[Arc<Backend>]) -> RoundRobin {
+    pub fn new(ready: &[Arc<Backend>], next: Arc<AtomicUsize>) -> RoundRobin {
         let weights: Vec<u64> = ready.iter().map(|b| u64::from(b.weight())).collect();
         RoundRobin {
             schedule: schedule(&weights).into_boxed_slice(),
-            next: AtomicUsize::new(0),
+            next,
         }
     }
 }
@@ -134,7 +135,7 @@ mod tests {
     use crate::backend::testing::backend;
 
     fn picks(ready: &[Arc<Backend>], n: usize) -> Vec<usize> {
-        let rr = RoundRobin::new(ready);
+        let rr = RoundRobin::new(ready, Arc::default());
         (0..n).map(|_| rr.pick(ready, &[]).unwrap_or(99)).collect()
     }
 
@@ -174,7 +175,7 @@ mod tests {
     #[test]
     fn tried_backends_are_skipped() {
         let ready = vec![backend("127.0.0.1:9001", 1), backend("127.0.0.1:9002", 1)];
-        let rr = RoundRobin::new(&ready);
+        let rr = RoundRobin::new(&ready, Arc::default());
         for _ in 0..5 {
             assert_eq!(rr.pick(&ready, &[0]), Some(1));
         }
@@ -191,6 +192,6 @@ mod tests {
 
     #[test]
     fn empty_ready_picks_nothing() {
-        assert_eq!(RoundRobin::new(&[]).pick(&[], &[]), None);
+        assert_eq!(RoundRobin::new(&[], Arc::default()).pick(&[], &[]), None);
     }
 }

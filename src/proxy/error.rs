@@ -39,6 +39,8 @@ pub enum ProxyError {
     Stale(#[source] hyper_util::client::legacy::Error),
     #[error("backend sent a bad response")]
     BadResponse(#[source] hyper_util::client::legacy::Error),
+    #[error("backend response framing is ambiguous: {0}")]
+    BadFraming(&'static str),
     #[error("backend timeout")]
     Timeout,
     #[error("backend protocol not supported: {0}")]
@@ -60,6 +62,7 @@ impl ProxyError {
             | ProxyError::Reset(_)
             | ProxyError::Stale(_)
             | ProxyError::BadResponse(_)
+            | ProxyError::BadFraming(_)
             | ProxyError::Unsupported(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -78,7 +81,7 @@ impl ProxyError {
             ProxyError::LimitReached => "backend limit reached",
             ProxyError::Connect(_) => "backend connect failed",
             ProxyError::Reset(_) | ProxyError::Stale(_) => "backend reset",
-            ProxyError::BadResponse(_) => "backend bad response",
+            ProxyError::BadResponse(_) | ProxyError::BadFraming(_) => "backend bad response",
             ProxyError::Timeout => "backend timeout",
             ProxyError::Unsupported(_) => "backend protocol not supported",
         }
@@ -96,7 +99,9 @@ impl ProxyError {
             ProxyError::LimitReached => "503 every backend is at its request limit\n",
             ProxyError::Connect(_) => "502 backend connect failed\n",
             ProxyError::Reset(_) | ProxyError::Stale(_) => "502 backend reset the connection\n",
-            ProxyError::BadResponse(_) => "502 backend sent a bad response\n",
+            ProxyError::BadResponse(_) | ProxyError::BadFraming(_) => {
+                "502 backend sent a bad response\n"
+            }
             ProxyError::Timeout => "504 backend timeout\n",
             ProxyError::Unsupported(_) => "502 backend protocol not supported\n",
         }
@@ -116,6 +121,7 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::Reset(_)
             | ProxyError::BadResponse(_)
+            | ProxyError::BadFraming(_)
             | ProxyError::Timeout => true,
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend

@@ -64,6 +64,16 @@ pub fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), &'stat
     Ok(())
 }
 
+/// Refuse a backend answer whose length is ambiguous: both Content-Length
+/// and Transfer-Encoding (hyper's client decodes it as chunked; forwarding it
+/// would let the two ends disagree on where the body stops).
+pub fn check_response_framing(headers: &HeaderMap) -> Result<(), &'static str> {
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    Ok(())
+}
+
 /// The size of a request head as sent (request line and header lines), for
 /// `max_header_bytes` below hyper's own 8 KiB floor.
 pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
@@ -305,6 +315,14 @@ mod tests {
         prepare_request(&mut h, &f, false);
         assert_eq!(h["host"], "h2.example:8443");
         assert_eq!(h["x-forwarded-host"], "h2.example:8443");
+    }
+
+    #[test]
+    fn ambiguous_response_framing_is_refused() {
+        let both = map(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
+        assert!(check_response_framing(&both).is_err());
+        assert!(check_response_framing(&map(&[("content-length", "5")])).is_ok());
+        assert!(check_response_framing(&map(&[("transfer-encoding", "chunked")])).is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! response in exactly one place, [`ProxyError::into_response`].
 
 pub mod body;
+pub mod connector;
 pub mod error;
 pub mod framing;
 pub mod headers;
@@ -372,7 +373,9 @@ async fn attempt(
     let sent = tokio::time::timeout_at(deadline, service.upstream.client().request(req)).await;
     let result = match sent {
         Err(_elapsed) => Err(ProxyError::Timeout),
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => headers::check_response_framing(resp.headers())
+            .map(|()| resp)
+            .map_err(ProxyError::BadFraming),
         Ok(Err(e)) => {
             let reused = watched.is_some_and(|w| upstream::was_reused(&w, started));
             Err(classify(e, reused))

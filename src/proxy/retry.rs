@@ -49,7 +49,12 @@ fn listed_error(config: &RetryConfig, error: &ProxyError, try_timeout: bool) -> 
     let condition = match error {
         ProxyError::Connect(_) => RetryOn::ConnectError,
         ProxyError::Reset(_) | ProxyError::Stale(_) => RetryOn::Reset,
-        ProxyError::Timeout if try_timeout => RetryOn::Timeout,
+        // Our own 504 counts as "504" too (SPEC: it is retried when
+        // try_timeout is set and time remains).
+        ProxyError::Timeout if try_timeout => {
+            return config.on.contains(&RetryOn::Timeout)
+                || config.on.contains(&RetryOn::Status(504));
+        }
         _ => return false,
     };
     config.on.contains(&condition)
