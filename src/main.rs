@@ -137,6 +137,7 @@ fn serve(path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    let shutdown = switchyard::shutdown::terminate();
     let app = match App::bind(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -145,7 +146,7 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     switchyard::shutdown::reload_on_hangup(app.reloader());
-    match app.run(switchyard::shutdown::terminate()).await {
+    match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard: {e}");
@@ -178,8 +179,11 @@ fn register(args: RegisterArgs, log_format: Option<CliLogFormat>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = switchyard::shutdown::terminate();
-    match runtime.block_on(switchyard::registry::client::run(options, shutdown)) {
+    let registered = runtime.block_on(async {
+        let shutdown = switchyard::shutdown::terminate();
+        switchyard::registry::client::run(options, shutdown).await
+    });
+    match registered {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard register: {e}");

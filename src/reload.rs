@@ -45,15 +45,28 @@ pub struct Reloader {
     metrics: Metrics,
     path: Option<PathBuf>,
     serial: Arc<Mutex<()>>,
+    /// Fingerprint of the file text the running config came from, so the
+    /// watcher reloads only real changes (and catches one made before it started).
+    applied: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
+/// Quiet time after the last file event before the file is read: one save
+/// is often several events (truncate, write, rename).
+const SETTLE: Duration = Duration::from_millis(200);
+
 impl Reloader {
+    /// `path` is the file the running config was just loaded from.
     pub fn new(publisher: Arc<Publisher>, metrics: Metrics, path: Option<PathBuf>) -> Reloader {
+        let applied = path
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| fingerprint(&b));
         Reloader {
             publisher,
             metrics,
             path,
             serial: Arc::new(Mutex::new(())),
+            applied: Arc::new(std::sync::Mutex::new(applied)),
         }
     }
 
@@ -63,17 +76,57 @@ impl Reloader {
 
     /// Re-read the config file and apply it if valid.
     pub async fn reload(&self, trigger: &'static str) -> Result<(), ReloadError> {
+        self.reload_from_file(trigger, false).await
+    }
+
+    /// The watcher's reload: skips a file whose text is what is running, and
+    /// an empty file (an editor mid-save; SIGHUP or the API still apply one).
+    async fn reload_if_changed(&self) {
+        let _ = self.reload_from_file("file change", true).await;
+    }
+
+    async fn reload_from_file(
+        &self,
+        trigger: &'static str,
+        only_changes: bool,
+    ) -> Result<(), ReloadError> {
         let _serial = self.serial.lock().await;
         let path = self.path.clone().ok_or(ReloadError::NoFile)?;
-        // Loading resolves host names: keep it off the runtime's workers.
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+        // Reading resolves host names too: keep it off the runtime's workers.
+        // The text is read once, so what is fingerprinted is what is applied.
+        let (text, loaded) =
+            tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let loaded = Config::from_file_text(&text, &path);
+                    (text, loaded)
+                }
+                // Unreadable: the loader phrases the error, naming the file.
+                Err(_) => (String::new(), Config::load(&path)),
+            })
             .await
             .map_err(ReloadError::Task)?;
+        let stamp = fingerprint(text.as_bytes());
+        if only_changes && (text.trim().is_empty() || self.applied_stamp() == Some(stamp)) {
+            return Ok(());
+        }
+        self.apply(trigger, loaded, stamp)
+    }
+
+    fn apply(
+        &self,
+        trigger: &'static str,
+        loaded: Result<Config, ConfigErrors>,
+        stamp: u64,
+    ) -> Result<(), ReloadError> {
         match loaded {
             Ok(config) => {
                 self.warn_about_fixed_settings(&config);
                 self.publisher.apply_config(Arc::new(config));
                 self.metrics.count_reload(true);
+                *self
+                    .applied
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stamp);
                 tracing::info!(trigger, "config reloaded");
                 Ok(())
             }
@@ -86,6 +139,13 @@ impl Reloader {
                 Err(ReloadError::Invalid(errors))
             }
         }
+    }
+
+    fn applied_stamp(&self) -> Option<u64> {
+        *self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn warn_about_fixed_settings(&self, new: &Config) {
@@ -133,28 +193,34 @@ impl Reloader {
         }
         let reloader = self.clone();
         tokio::spawn(async move {
-            let mut last = file_stamp(&path);
+            // A change made between the start-up load and this watch.
+            reloader.reload_if_changed().await;
             while rx.recv().await.is_some() {
-                // Coalesce the burst of events one save produces.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while rx.try_recv().is_ok() {}
-                let stamp = file_stamp(&path);
-                if stamp == last || stamp.is_none() {
-                    continue;
+                if !settle(&mut rx).await {
+                    return;
                 }
-                last = stamp;
-                let _ = reloader.reload("file change").await;
+                reloader.reload_if_changed().await;
             }
         });
         Some(watcher)
     }
 }
 
+/// Wait until no event came for [`SETTLE`]; false when the watcher is gone.
+async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> bool {
+    loop {
+        match tokio::time::timeout(SETTLE, rx.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) => return false,
+            Err(_quiet) => return true,
+        }
+    }
+}
+
 /// Content fingerprint, so touching a file or a no-op save does not reload.
-fn file_stamp(path: &Path) -> Option<u64> {
+fn fingerprint(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    Some(h.finish())
+    h.finish()
 }

@@ -20,7 +20,10 @@ async fn dashboard_is_served_at_the_admin_root() {
     assert!(content_type.starts_with("text/html"), "{content_type}");
     let page = resp.text();
     assert!(page.contains("<title>Switchyard</title>"));
-    assert!(page.contains("/v1/services"), "the page reads the public API");
+    assert!(
+        page.contains("/v1/services"),
+        "the page reads the public API"
+    );
     // The API it reads answers with the service it will show.
     let list = get(app.admin, "/v1/services").await;
     assert_eq!(list.status, StatusCode::OK);

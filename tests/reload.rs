@@ -135,11 +135,32 @@ async fn wait_for_backend(proxy: std::net::SocketAddr, want: &str, what: &str) {
     .await;
 }
 
+/// Starts the app and lets it settle (ready, watcher running), so that the
+/// file-change tests below test the kind of change, not the start-up race
+/// (which `file_changed_right_after_start_is_picked_up` covers).
+async fn settled_app(backends: &[&FakeBackend]) -> TestApp {
+    let app = start_app(&config_for(backends)).await;
+    wait_ready(app.admin).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_changed_right_after_start_is_picked_up() {
+    // The file changes between the start-up load and the watcher's first
+    // look at it: the change must still be applied (SPEC: within 2 s).
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    let app = start_app(&config_for(&[&a])).await;
+    app.config.replace(&config_for(&[&b]));
+    wait_for_backend(app.proxy, "b", "a change made right after start").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_changed_in_place_is_picked_up() {
     let a = FakeBackend::start("a").await;
     let b = FakeBackend::start("b").await;
-    let app = start_app(&config_for(&[&a])).await;
+    let app = settled_app(&[&a]).await;
     assert_eq!(answering(app.proxy, 2).await, set(&["a"]));
     app.config.write_in_place(&config_for(&[&b]));
     wait_for_backend(app.proxy, "b", "in-place edit a -> b").await;
@@ -154,7 +175,7 @@ async fn in_place_edits_under_traffic_never_apply_a_half_written_file() {
     // reads it mid-save would answer 404 to everything until the next read.
     let a = FakeBackend::start("a").await;
     let b = FakeBackend::start("b").await;
-    let app = start_app(&config_for(&[&a])).await;
+    let app = settled_app(&[&a]).await;
     let proxy = app.proxy;
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
@@ -192,7 +213,7 @@ async fn in_place_edits_under_traffic_never_apply_a_half_written_file() {
 async fn file_replaced_by_rename_is_picked_up_repeatedly() {
     let a = FakeBackend::start("a").await;
     let b = FakeBackend::start("b").await;
-    let app = start_app(&config_for(&[&a])).await;
+    let app = settled_app(&[&a]).await;
     assert_eq!(answering(app.proxy, 2).await, set(&["a"]));
     app.config.replace(&config_for(&[&b]));
     wait_for_backend(app.proxy, "b", "rename a -> b").await;

@@ -290,6 +290,12 @@ impl Config {
         validate::load_file(path)
     }
 
+    /// Parse and validate the text of the config file at `path` (already
+    /// read by the caller), exactly as [`Config::load`] would.
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        validate::parse_file_text(text, path)
+    }
+
     /// Parse and validate TOML text; `origin` names it in errors and anchors
     /// relative paths (its parent folder), as if it were the file's path.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {

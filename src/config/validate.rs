@@ -54,7 +54,12 @@ pub(super) fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
-    let mut config = parse_str(&text, path)?;
+    parse_file_text(&text, path)
+}
+
+/// [`parse_str`] for text read from `path`; `Config.path` is set to the absolute path.
+pub(super) fn parse_file_text(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let mut config = parse_str(text, path)?;
     config.path = Some(absolute(path));
     Ok(config)
 }
