@@ -4,11 +4,13 @@
 //! ```text
 //! cargo run --release --example health_bench -- [--backends 1000] [--services 10]
 //!     [--interval 1s] [--kind http|tcp|none] [--seconds 10] [--warmup 3]
+//!     [--keepalive true|false]
 //! ```
 //!
 //! The backends run in a child process (this same binary with `--serve N`):
-//! N listeners on 127.0.0.1 that answer every request `200 ok` and close, so
-//! their cost stays out of the figure. The parent runs the real `App`
+//! N listeners on 127.0.0.1 that answer every request `200 ok` with
+//! keep-alive (`--keepalive false`: and close), so their cost stays out of
+//! the figure. The parent runs the real `App`
 //! in-process (listeners, publisher, health supervisor) on a default runtime,
 //! spreads the backends over `--services` services, waits until every backend
 //! is healthy (or, with `--kind none`, just started), lets it settle, and then
@@ -44,9 +46,13 @@ struct Args {
     kind: String,
     seconds: u64,
     warmup: u64,
+    /// Whether the backends keep connections open (`--keepalive false`: they
+    /// close after each answer, so every HTTP check needs a new connection).
+    keepalive: bool,
 }
 
-fn parse_args() -> Result<(Args, Option<usize>), BoxError> {
+/// The parent's arguments, or the child's (`--serve N --close BOOL`).
+fn parse_args() -> Result<(Args, Option<(usize, bool)>), BoxError> {
     let mut args = Args {
         backends: 1000,
         services: 10,
@@ -54,42 +60,46 @@ fn parse_args() -> Result<(Args, Option<usize>), BoxError> {
         kind: "http".into(),
         seconds: 10,
         warmup: 3,
+        keepalive: true,
     };
     let mut serve = None;
+    let mut close = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--serve" => serve = Some(value.parse()?),
+            "--close" => close = value.parse()?,
             "--backends" => args.backends = value.parse()?,
             "--services" => args.services = value.parse::<usize>()?.max(1),
             "--interval" => args.interval = value,
             "--kind" => args.kind = value,
             "--seconds" => args.seconds = value.parse()?,
             "--warmup" => args.warmup = value.parse()?,
+            "--keepalive" => args.keepalive = value.parse()?,
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
-    Ok((args, serve))
+    Ok((args, serve.map(|n| (n, close))))
 }
 
 fn main() -> Result<(), BoxError> {
     let (args, serve) = parse_args()?;
     let runtime = tokio::runtime::Runtime::new()?;
     match serve {
-        Some(n) => runtime.block_on(serve_backends(n)),
+        Some((n, close)) => runtime.block_on(serve_backends(n, close)),
         None => runtime.block_on(measure(args)),
     }
 }
 
 // ===== the child: N trivial backends =====
 
-async fn serve_backends(n: usize) -> Result<(), BoxError> {
+async fn serve_backends(n: usize, close: bool) -> Result<(), BoxError> {
     let mut addrs = Vec::with_capacity(n);
     for _ in 0..n {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         addrs.push(listener.local_addr()?.to_string());
-        tokio::spawn(accept_loop(listener));
+        tokio::spawn(accept_loop(listener, close));
     }
     println!("{}", addrs.join(","));
     std::io::stdout().flush()?;
@@ -102,33 +112,39 @@ async fn serve_backends(n: usize) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener) {
+async fn accept_loop(listener: TcpListener, close: bool) {
     loop {
         if let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(answer(stream));
+            tokio::spawn(answer(stream, close));
         }
     }
 }
 
-/// Reads a request head (or EOF, for TCP checks) and answers 200.
-async fn answer(mut stream: TcpStream) {
+/// Answers 200 to each request head until EOF (keep-alive, like most
+/// servers) or, with `close`, to one request and closes; a TCP check's
+/// connection just ends.
+async fn answer(mut stream: TcpStream, close: bool) {
     let mut buf = [0u8; 1024];
-    let mut head = Vec::new();
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let mut pending = Vec::new();
+    loop {
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            pending.drain(..end + 4);
+            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if stream.write_all(reply).await.is_err() || close {
+                return;
+            }
+        }
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
         }
     }
-    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
-    let _ = stream.write_all(reply).await;
-    let _ = stream.shutdown().await;
 }
 
 // ===== the parent: the app and the measurement =====
 
 async fn measure(args: Args) -> Result<(), BoxError> {
-    let (mut child, addrs) = start_backends(args.backends)?;
+    let (mut child, addrs) = start_backends(args.backends, args.keepalive)?;
     let config = Config::from_toml_str(&config_text(&args, &addrs), Path::new("bench.toml"))
         .map_err(|e| e.to_string())?;
     let app = App::bind(config).await?;
@@ -175,8 +191,8 @@ fn report(args: &Args, (user, system): (f64, f64), wall: f64, checks: f64, child
         0.0
     };
     println!(
-        "kind={} backends={} services={} interval={} window={wall:.1}s",
-        args.kind, args.backends, args.services, args.interval
+        "kind={} backends={} services={} interval={} keepalive={} window={wall:.1}s",
+        args.kind, args.backends, args.services, args.interval, args.keepalive
     );
     println!(
         "checks={checks:.0} ({:.0}/s)  cpu={cpu:.2}s = {:.2}% of one core  ({per_check_us:.1} µs/check)",
@@ -191,9 +207,14 @@ fn report(args: &Args, (user, system): (f64, f64), wall: f64, checks: f64, child
 }
 
 /// Spawns this binary with `--serve N` and reads the listeners' addresses.
-fn start_backends(n: usize) -> Result<(Child, Vec<String>), BoxError> {
+fn start_backends(n: usize, keepalive: bool) -> Result<(Child, Vec<String>), BoxError> {
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["--serve", &n.to_string()])
+        .args([
+            "--serve",
+            &n.to_string(),
+            "--close",
+            &(!keepalive).to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;

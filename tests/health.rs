@@ -183,10 +183,16 @@ fn addresses(backends: &[&HealthBackend]) -> Vec<String> {
     backends.iter().map(|b| b.address()).collect()
 }
 
-/// Check lines with this interval and both thresholds, timeout 500 ms.
+/// Check lines with this interval and both thresholds; a timeout of 2 s,
+/// generous, so that a slow moment of a loaded box is not a failed check.
 fn check_lines(interval_ms: u64, rise: u32, fall: u32) -> String {
+    check_lines_with_timeout(interval_ms, rise, fall, 2000)
+}
+
+fn check_lines_with_timeout(interval_ms: u64, rise: u32, fall: u32, timeout_ms: u64) -> String {
     format!(
-        "interval = \"{interval_ms}ms\"\ntimeout = \"500ms\"\nhealthy_threshold = {rise}\nunhealthy_threshold = {fall}\n"
+        "interval = \"{interval_ms}ms\"\ntimeout = \"{timeout_ms}ms\"\n\
+         healthy_threshold = {rise}\nunhealthy_threshold = {fall}\n"
     )
 }
 
@@ -357,7 +363,8 @@ async fn a_failing_backend_leaves_within_the_threshold_and_returns_after_recover
 /// A healthy backend whose `/healthz` turns to `mode` is marked unhealthy.
 async fn goes_down_on(mode: Mode, extra_check: &str) {
     let b = HealthBackend::start("b", Mode::Good).await;
-    let check = format!("{}{extra_check}", check_lines(100, 1, 2));
+    // A short timeout: the hang case waits for it twice.
+    let check = format!("{}{extra_check}", check_lines_with_timeout(100, 1, 2, 300));
     let app = start_app(&(base_toml() + &checked_service("svc", &addresses(&[&b]), &check))).await;
     wait_health(app.admin, "svc", &b.address(), "healthy", WAIT).await;
     b.set(mode);
