@@ -14,7 +14,10 @@ const PAGE: &str = include_str!("dashboard.html");
 pub fn page() -> AdminResponse {
     let mut resp = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
     let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }

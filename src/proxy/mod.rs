@@ -123,7 +123,8 @@ impl ProxyService {
             return ProxyError::BadRequest(why).into_response(true);
         }
         if self.proxy.max_header_bytes < HYPER_MIN_BUF
-            && headers::head_size(req.method(), req.uri(), req.headers()) > self.proxy.max_header_bytes
+            && headers::head_size(req.method(), req.uri(), req.headers())
+                > self.proxy.max_header_bytes
         {
             return ProxyError::HeadersTooLarge.into_response(http1);
         }
