@@ -11,7 +11,14 @@
 //!
 //! Options: `--bin PATH` (default target/release/switchyard), `--instances N`,
 //! `--store memory|file`, `--rate R` (proxy requests per second, default 2000),
-//! `--workers W` (load connections, default 4), `--idle-secs S` (default 3).
+//! `--workers W` (load connections, default 4), `--idle-secs S` (default 3),
+//! `--log LEVEL` (Switchyard's RUST_LOG, default info), `--server-cpus LIST`
+//! (run Switchyard under `taskset -c LIST`), `--server-workers N` (its
+//! `[proxy] workers`, default 0 = one per core). Switchyard's log is kept in
+//! `$REGISTRY_BURST_LOG` when set.
+//!
+//! On a 2-core machine, pin the two sides apart as `bench/` does:
+//! `taskset -c 0 target/release/examples/registry_burst --server-cpus 1 --server-workers 1`.
 //!
 //! The load is paced (open loop): each worker has a schedule and a request
 //! that starts late is timed from its scheduled start, so a stall in the
@@ -41,6 +48,11 @@ struct Options {
     rate: u64,
     workers: u64,
     idle: Duration,
+    log: String,
+    /// `taskset -c` list for Switchyard (empty: not pinned).
+    server_cpus: String,
+    /// `[proxy] workers` (0 = one per core).
+    server_workers: u32,
 }
 
 fn options() -> Result<Options, Error> {
@@ -51,6 +63,9 @@ fn options() -> Result<Options, Error> {
         rate: 2000,
         workers: 4,
         idle: Duration::from_secs(3),
+        log: "info".into(),
+        server_cpus: String::new(),
+        server_workers: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -62,6 +77,9 @@ fn options() -> Result<Options, Error> {
             "--rate" => o.rate = value.parse()?,
             "--workers" => o.workers = value.parse()?,
             "--idle-secs" => o.idle = Duration::from_secs(value.parse()?),
+            "--log" => o.log = value,
+            "--server-cpus" => o.server_cpus = value,
+            "--server-workers" => o.server_workers = value.parse()?,
             _ => return Err(format!("unknown option {flag}").into()),
         }
     }
@@ -71,7 +89,7 @@ fn options() -> Result<Options, Error> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
     let o = options()?;
-    let backend = start_backend().await?;
+    let backend = in_own_thread(start_backend)?;
     let dir = tempfile::tempdir()?;
     let (proxy, admin) = (free_port()?, free_port()?);
     let store = if o.file_store {
@@ -80,16 +98,28 @@ async fn main() -> Result<(), Error> {
         "memory".into()
     };
     let config = format!(
-        "[proxy]\nlisten = [\"{proxy}\"]\n[admin]\nlisten = \"{admin}\"\n[registry]\nstore = \"{store}\"\nmax_instances_per_service = {}\n[services.load]\nbackends = [\"{backend}\"]\n[services.burst]\n",
+        "[proxy]\nlisten = [\"{proxy}\"]\nworkers = {}\n[admin]\nlisten = \"{admin}\"\n[registry]\nstore = \"{store}\"\nmax_instances_per_service = {}\n[services.load]\nbackends = [\"{backend}\"]\n[services.burst]\n",
+        o.server_workers,
         o.instances.max(1)
     );
     let config_path = dir.path().join("switchyard.toml");
     std::fs::write(&config_path, config)?;
-    let log = std::fs::File::create(dir.path().join("switchyard.log"))?;
-    let mut server = tokio::process::Command::new(&o.bin)
+    // The log goes elsewhere: the config's folder is watched for changes.
+    let logs = tempfile::tempdir()?;
+    let log_path = std::env::var("REGISTRY_BURST_LOG")
+        .map_or_else(|_| logs.path().join("switchyard.log"), Into::into);
+    let log = std::fs::File::create(log_path)?;
+    let mut server = if o.server_cpus.is_empty() {
+        tokio::process::Command::new(&o.bin)
+    } else {
+        let mut pinned = tokio::process::Command::new("taskset");
+        pinned.args(["-c", &o.server_cpus, &o.bin]);
+        pinned
+    };
+    let mut server = server
         .args(["serve", "--config"])
         .arg(&config_path)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", &o.log)
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -98,21 +128,53 @@ async fn main() -> Result<(), Error> {
 
     // Warm up, then the idle phase.
     run_load(proxy, &o, Duration::from_millis(500)).await?;
-    let idle = run_load(proxy, &o, o.idle).await?;
+    let idle: Vec<f64> = run_load(proxy, &o, o.idle)
+        .await?
+        .into_iter()
+        .map(|(_, ms)| ms)
+        .collect();
 
     // The burst, with the load running beside it.
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(run_load_until(proxy, o.clone(), Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let server_pid = server.id().unwrap_or(0);
+    let cpu_before = cpu_seconds(server_pid);
     let started = Instant::now();
-    let registration_latencies = register_all(admin, o.instances).await?;
+    let instances = o.instances;
+    // Control experiment: send the PUTs to the backend, not to Switchyard.
+    let target = if std::env::var_os("REGISTRY_BURST_CONTROL").is_some() {
+        backend
+    } else {
+        admin
+    };
+    let registration_latencies = tokio::task::spawn_blocking(move || {
+        in_own_thread(move || async move { register_all(target, instances).await })
+    })
+    .await??;
     let burst_time = started.elapsed();
-    let joined = wait_listed(admin, o.instances).await?;
+    let server_cpu = cpu_seconds(server_pid) - cpu_before;
+    let joined = if target == admin {
+        wait_listed(admin, o.instances).await?
+    } else {
+        true
+    };
     let joined_after = started.elapsed();
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
-    let during = load.await??;
-
+    let load = load.await??;
+    // Requests due while the PUTs were being sent: the burst itself.
+    let during: Vec<f64> = load
+        .iter()
+        .filter(|(due, _)| *due >= started && *due <= started + burst_time)
+        .map(|&(_, ms)| ms)
+        .collect();
+    // Requests due after it, while the last batch was joining the table.
+    let mut after: Vec<f64> = load
+        .iter()
+        .filter(|(due, _)| *due > started + burst_time)
+        .map(|&(_, ms)| ms)
+        .collect();
     let mut reg = registration_latencies;
     println!(
         "registry burst: {} instances, store={}, load {} req/s over {} connections",
@@ -128,6 +190,11 @@ async fn main() -> Result<(), Error> {
         pct(&mut reg, 50.0),
         pct(&mut reg, 99.0),
         pct(&mut reg, 100.0),
+    );
+    println!(
+        "  switchyard CPU during the burst: {:.3} s ({:.1} µs per registration, load included)",
+        server_cpu,
+        server_cpu * 1e6 / o.instances as f64
     );
     println!(
         "  all {} listed by GET /v1/services {:.3} s after the first PUT ({})",
@@ -151,9 +218,34 @@ async fn main() -> Result<(), Error> {
         during_p99,
         pct(&mut during, 100.0)
     );
+    println!(
+        "  proxy after:  n={} p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (until all joined, +200 ms)",
+        after.len(),
+        pct(&mut after, 50.0),
+        pct(&mut after, 99.0),
+        pct(&mut after, 100.0)
+    );
     println!("  p99 burst/idle: {:.2}x", during_p99 / idle_p99);
     server.kill().await?;
     Ok(())
+}
+
+/// User + system CPU time a process has used (Linux: /proc/PID/stat, in
+/// clock ticks of 1/100 s); NaN elsewhere.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The `p`-th percentile in milliseconds (100 = max).
@@ -171,7 +263,39 @@ fn free_port() -> Result<SocketAddr, Error> {
     Ok(l.local_addr()?)
 }
 
-/// A minimal HTTP/1.1 backend answering `ok`.
+/// Run `task` on a thread of its own with its own single-threaded runtime,
+/// and wait for its result. The backend and the registering client each get
+/// one, so neither delays the load generator's tasks: the OS shares the CPU
+/// between threads preemptively, where tasks of one runtime would take turns.
+fn in_own_thread<F, Fut, T>(task: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(Error::from(e)));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let _ = tx.send(task().await);
+            // Keep serving whatever the task spawned (the backend).
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv()?
+}
+
+/// A minimal HTTP/1.1 backend answering `ok` (its accept loop keeps running
+/// on the calling runtime).
 async fn start_backend() -> Result<SocketAddr, Error> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -239,9 +363,9 @@ async fn register_all(admin: SocketAddr, n: usize) -> Result<Vec<f64>, Error> {
     for i in 0..n {
         let address = format!(
             "10.{}.{}.{}:8080",
-            i / 65536 % 256,
-            i / 256 % 256,
-            i % 256 + 1
+            i / 62_500 % 256,
+            i / 250 % 250,
+            i % 250 + 1
         );
         let body = format!(r#"{{"address": "{address}", "ttl": "0s"}}"#);
         let path = format!("/v1/services/burst/instances/i-{i}");
@@ -285,7 +409,10 @@ async fn wait_listed(admin: SocketAddr, n: usize) -> Result<bool, Error> {
     Ok(false)
 }
 
-async fn run_load(proxy: SocketAddr, o: &Options, length: Duration) -> Result<Vec<f64>, Error> {
+/// Each request's due time and latency in ms.
+type Samples = Vec<(Instant, f64)>;
+
+async fn run_load(proxy: SocketAddr, o: &Options, length: Duration) -> Result<Samples, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(run_load_until(proxy, o.clone(), Arc::clone(&stop)));
     tokio::time::sleep(length).await;
@@ -298,7 +425,7 @@ async fn run_load_until(
     proxy: SocketAddr,
     o: Options,
     stop: Arc<AtomicBool>,
-) -> Result<Vec<f64>, Error> {
+) -> Result<Samples, Error> {
     let interval = Duration::from_secs_f64(o.workers as f64 / o.rate as f64);
     let mut tasks = Vec::new();
     for w in 0..o.workers {
@@ -313,9 +440,9 @@ async fn run_load_until(
                 let (status, _) =
                     send(&mut sender, Method::GET, proxy, "/load/", Bytes::new()).await?;
                 if status != 200 {
-                    return Err::<Vec<f64>, Error>(format!("proxy answered {status}").into());
+                    return Err::<Samples, Error>(format!("proxy answered {status}").into());
                 }
-                latencies.push(next.elapsed().as_secs_f64() * 1e3);
+                latencies.push((next, next.elapsed().as_secs_f64() * 1e3));
                 next += interval;
             }
             Ok(latencies)

@@ -93,6 +93,13 @@ impl App {
         let metrics = Metrics::new();
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
         publisher.attach_registry(Arc::clone(&registry));
+        // Weak: the publisher holds the registry; no reference cycle.
+        let nudge = Arc::downgrade(&publisher);
+        registry.on_change(move || {
+            if let Some(publisher) = nudge.upgrade() {
+                publisher.nudge();
+            }
+        });
         let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone());
         Ok(App {
             config,
@@ -180,24 +187,13 @@ impl App {
         Ok(())
     }
 
-    /// Lease expiry, the store writer, the drain sweeper, and the forwarding
-    /// of registry changes to the publisher (whose nudges coalesce a burst
-    /// of registrations into one rebuild).
+    /// Lease expiry, join notifications, the store writer, the drain sweeper.
     fn spawn_registry_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let publisher = Arc::clone(&self.publisher);
-        let mut changes = self.registry.subscribe();
-        let forward = async move {
-            // Registrations that came in before this task subscribed.
-            publisher.nudge();
-            while changes.changed().await.is_ok() {
-                publisher.nudge();
-            }
-        };
         vec![
             tokio::spawn(Arc::clone(&self.registry).run_expiry()),
+            tokio::spawn(Arc::clone(&self.registry).run_notifier()),
             tokio::spawn(Arc::clone(&self.registry).run_writer()),
             tokio::spawn(Arc::clone(&self.publisher).run_drain_sweeper()),
-            tokio::spawn(forward),
         ]
     }
 

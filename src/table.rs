@@ -183,7 +183,8 @@ impl Publisher {
 impl State {
     fn rebuild(&mut self) -> Table {
         let config = Arc::clone(&self.config);
-        let names = self.registered.begin(service_names(&config));
+        let names = service_names(&config);
+        let names = self.registered.begin(names, &config, &self.metrics);
         let mut kept = HashMap::with_capacity(self.backends.len());
         let mut services = Vec::with_capacity(names.len());
         let mut by_name = HashMap::with_capacity(names.len());
@@ -242,8 +243,7 @@ impl State {
             kept.insert(key, Arc::clone(&backend));
             backends.push(backend);
         }
-        self.registered
-            .add(&name, &settings, &mut backends, &self.metrics);
+        self.registered.add(&name, &mut backends);
         if settings.health_check.is_none() {
             // Checks switched off (or never on): everyone counts as healthy.
             backends.iter().for_each(|b| b.set_health(Health::Healthy));

@@ -19,6 +19,8 @@ struct Register {
     child: tokio::process::Child,
     pid: u32,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr to its end; awaited after exit so no line is missed.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Register {
@@ -38,13 +40,18 @@ impl Register {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&stderr);
         let pipe = child.stderr.take().expect("stderr");
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().unwrap().push(line);
             }
         });
-        Register { child, pid, stderr }
+        Register {
+            child,
+            pid,
+            stderr,
+            reader: Some(reader),
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -57,10 +64,14 @@ impl Register {
     }
 
     async fn exit(&mut self) -> ExitStatus {
-        tokio::time::timeout(WAIT, self.child.wait())
+        let status = tokio::time::timeout(WAIT, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("register did not exit; stderr:\n{}", self.stderr()))
-            .expect("wait")
+            .expect("wait");
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(WAIT, reader).await;
+        }
+        status
     }
 
     fn stderr(&self) -> String {

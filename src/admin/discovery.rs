@@ -236,10 +236,62 @@ impl Row<'_> {
 
 /// The table's backends of `name`, reconciled with the registry snapshot.
 fn rows<'a>(service: Option<&'a Service>, name: &str, snapshot: &'a Snapshot) -> Vec<Row<'a>> {
+    let backends = service.map_or(&[][..], |s| &s.backends[..]);
     let registered = snapshot.service(name);
+    let mut rows = Vec::with_capacity(backends.len().max(registered.len()));
+    // The table keeps a service's registered backends in id order, as the
+    // snapshot does: walk both at once (O(n); listing 10,000 instances must
+    // not stall the thread it runs on).
+    let mut pending = registered.iter().peekable();
+    let mut last_id: Option<&str> = None;
+    for backend in backends {
+        if backend.source == Source::Config || backend.is_draining() {
+            rows.push(Row::Live {
+                backend,
+                registered: None,
+            });
+            continue;
+        }
+        if last_id.is_some_and(|last| last > &*backend.id) {
+            // Not in id order after all: take the general path.
+            return rows_by_search(backends, registered);
+        }
+        last_id = Some(&backend.id);
+        while let Some(instance) = pending.next_if(|i| *i.id < *backend.id) {
+            rows.push(Row::Pending(instance));
+        }
+        let same = pending.next_if(|i| i.id == backend.id);
+        rows.extend(row_for(backend, same));
+        if let Some(moved) = same.filter(|i| i.resolved != backend.resolved) {
+            rows.push(Row::Pending(moved));
+        }
+    }
+    rows.extend(pending.map(Row::Pending));
+    rows
+}
+
+/// A registered backend's row given its registry record (if the id is still
+/// registered): live when the address matches; otherwise it is leaving, and
+/// listed only while requests are in flight on it.
+fn row_for<'a>(backend: &'a Arc<Backend>, record: Option<&'a Arc<Instance>>) -> Option<Row<'a>> {
+    match record.filter(|i| i.resolved == backend.resolved) {
+        Some(instance) => Some(Row::Live {
+            backend,
+            registered: Some(instance),
+        }),
+        None if backend.active_requests() > 0 => Some(Row::Leaving(backend)),
+        None => None,
+    }
+}
+
+/// The same as [`rows`] for backends in any order: one binary search each.
+fn rows_by_search<'a>(
+    backends: &'a [Arc<Backend>],
+    registered: &'a [Arc<Instance>],
+) -> Vec<Row<'a>> {
     let mut matched = vec![false; registered.len()];
-    let mut rows = Vec::new();
-    for backend in service.map_or(&[][..], |s| &s.backends[..]) {
+    let mut rows = Vec::with_capacity(backends.len());
+    for backend in backends {
         if backend.source == Source::Config || backend.is_draining() {
             rows.push(Row::Live {
                 backend,
@@ -249,18 +301,12 @@ fn rows<'a>(service: Option<&'a Service>, name: &str, snapshot: &'a Snapshot) ->
         }
         let found = registered
             .binary_search_by(|i| (*i.id).cmp(&backend.id))
-            .ok();
-        match found.filter(|&at| registered[at].resolved == backend.resolved) {
-            Some(at) => {
-                matched[at] = true;
-                rows.push(Row::Live {
-                    backend,
-                    registered: Some(&registered[at]),
-                });
-            }
-            None if backend.active_requests() > 0 => rows.push(Row::Leaving(backend)),
-            None => {}
+            .ok()
+            .filter(|&at| registered[at].resolved == backend.resolved);
+        if let Some(at) = found {
+            matched[at] = true;
         }
+        rows.extend(row_for(backend, found.map(|at| &registered[at])));
     }
     let pending = registered.iter().zip(matched).filter(|(_, m)| !m);
     rows.extend(pending.map(|(i, _)| Row::Pending(i)));

@@ -105,9 +105,11 @@ fn readiness(state: &AdminState) -> AdminResponse {
 fn metrics(state: &AdminState) -> AdminResponse {
     let table = state.publisher.table().load_full();
     let registered = state.registry.snapshot();
-    state
-        .metrics
-        .set_registry_instances(registered.services().map(|(name, list)| (&**name, list.len())));
+    state.metrics.set_registry_instances(
+        registered
+            .services()
+            .map(|(name, list)| (&**name, list.len())),
+    );
     let body = state.metrics.render(table.backends());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(

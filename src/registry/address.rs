@@ -14,6 +14,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -182,19 +183,25 @@ pub fn classify(addr: SocketAddr, policy: &Policy<'_>) -> Result<SocketAddr, Ref
 
 /// The always-refused class an IP falls in, with the class's whole range.
 fn special_class(ip: IpAddr) -> Option<(Refusal, IpNet)> {
-    const CLASSES: &[(&str, Refusal)] = &[
-        ("169.254.0.0/16", Refusal::LinkLocal),
-        ("fe80::/10", Refusal::LinkLocal),
-        ("0.0.0.0/8", Refusal::Unspecified),
-        ("::/128", Refusal::Unspecified),
-        ("224.0.0.0/4", Refusal::Multicast),
-        ("ff00::/8", Refusal::Multicast),
-        ("255.255.255.255/32", Refusal::Broadcast),
-    ];
-    CLASSES.iter().find_map(|&(range, refusal)| {
-        let range: IpNet = range.parse().ok()?;
-        range.contains(&ip).then_some((refusal, range))
-    })
+    /// Parsed once: this runs on every registration.
+    static CLASSES: LazyLock<Vec<(IpNet, Refusal)>> = LazyLock::new(|| {
+        [
+            ("169.254.0.0/16", Refusal::LinkLocal),
+            ("fe80::/10", Refusal::LinkLocal),
+            ("0.0.0.0/8", Refusal::Unspecified),
+            ("::/128", Refusal::Unspecified),
+            ("224.0.0.0/4", Refusal::Multicast),
+            ("ff00::/8", Refusal::Multicast),
+            ("255.255.255.255/32", Refusal::Broadcast),
+        ]
+        .into_iter()
+        .filter_map(|(range, refusal)| Some((range.parse().ok()?, refusal)))
+        .collect()
+    });
+    CLASSES
+        .iter()
+        .find(|(range, _)| range.contains(&ip))
+        .map(|&(range, refusal)| (refusal, range))
 }
 
 /// Same port as a listener, and the listener's IP or (for a wildcard

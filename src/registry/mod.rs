@@ -11,9 +11,15 @@
 //! copies. The request path never reads the registry at all: it sees
 //! registered instances only through the published table.
 //!
-//! Changes are announced on a `watch` channel carrying the registry's index
-//! (a counter of membership changes): the app forwards it to
-//! `Publisher::nudge`, and blocking queries wait on it. Heartbeats move a
+//! Membership changes call back into the publisher (`Publisher::nudge`, set
+//! with [`Registry::on_change`]) and are announced on a `watch` channel
+//! carrying the registry's index (a counter of membership changes), which
+//! blocking queries wait on. A departure calls back at once: no new request
+//! may reach a deregistered or expired instance. Joins are batched by
+//! `run_notifier` (the first at once, then at most one call per 100 ms), so
+//! a burst of registrations costs a handful of table rebuilds, each O(n),
+//! rather than one every publisher cycle — rebuilds are what the request
+//! path would feel. Heartbeats move a
 //! lease but change no membership, so they advance the data version (for the
 //! store and the listings) but not the index.
 //!
@@ -36,7 +42,7 @@ mod tasks;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -70,12 +76,26 @@ pub struct Registry {
     lease_added: Notify,
     /// Wakes the store writer.
     dirty: Notify,
+    /// Wakes `run_notifier`: an instance joined or changed.
+    joined: Notify,
     store: Arc<dyn RegistryStore>,
     /// Serialises saves (a late older save must never overwrite a newer
     /// one) and remembers the version last saved.
     saved: Arc<tokio::sync::Mutex<u64>>,
     /// Switchyard's own listen addresses: never registrable (a loop).
     own_listeners: Vec<SocketAddr>,
+    /// Called on every membership change, from the writer's thread: the
+    /// publisher's `nudge` (cheap, coalescing; no task hop in between).
+    on_change: OnceLock<OnChange>,
+}
+
+/// A membership-change callback.
+struct OnChange(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnChange")
+    }
 }
 
 /// The mutable state, behind the writers' mutex.
@@ -90,6 +110,17 @@ struct Inner {
     index: u64,
     /// The deadline the expiry task sleeps until (`None`: until woken).
     armed: Option<Instant>,
+}
+
+/// What a write changed, which decides who hears of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Only a lease's end (a heartbeat, or the same registration again).
+    Lease,
+    /// A new instance, or a new address, weight, ttl or metadata.
+    Joined,
+    /// An instance was deregistered or expired.
+    Left,
 }
 
 #[derive(Debug)]
@@ -180,9 +211,11 @@ impl Registry {
             index: watch::Sender::new(0),
             lease_added: Notify::new(),
             dirty: Notify::new(),
+            joined: Notify::new(),
             store,
             saved: Arc::new(tokio::sync::Mutex::new(0)),
             own_listeners,
+            on_change: OnceLock::new(),
         }
     }
 
@@ -266,8 +299,11 @@ impl Registry {
         });
         let mut inner = self.lock();
         inner.admit(limits, service, id)?;
-        let membership = inner.upsert(Arc::clone(&instance), lease.map(|(at, _)| at));
-        self.changed(inner, membership, lease.map(|(at, _)| at));
+        let change = match inner.upsert(Arc::clone(&instance), lease.map(|(at, _)| at)) {
+            true => Change::Joined,
+            false => Change::Lease,
+        };
+        self.changed(inner, change, lease.map(|(at, _)| at));
         Ok(instance)
     }
 
@@ -287,7 +323,7 @@ impl Registry {
         };
         if lease.is_some_and(|key| key.deadline() <= now) {
             inner.remove(service, id);
-            self.changed(inner, true, None);
+            self.changed(inner, Change::Left, None);
             return Err(not_found(service, id));
         }
         let Some((deadline, wall)) = lease::start(old.ttl, now, SystemTime::now()) else {
@@ -298,7 +334,7 @@ impl Registry {
             ..Instance::clone(&old)
         });
         inner.upsert(Arc::clone(&instance), Some(deadline));
-        self.changed(inner, false, Some(deadline));
+        self.changed(inner, Change::Lease, Some(deadline));
         Ok(instance)
     }
 
@@ -310,7 +346,7 @@ impl Registry {
         let removed = inner
             .remove(service, id)
             .ok_or_else(|| not_found(service, id))?;
-        self.changed(inner, true, None);
+        self.changed(inner, Change::Left, None);
         Ok(removed)
     }
 
@@ -325,7 +361,7 @@ impl Registry {
         }
         let count = expired.len();
         if count > 0 {
-            self.changed(inner, true, None);
+            self.changed(inner, Change::Left, None);
         }
         count
     }
@@ -348,6 +384,13 @@ impl Registry {
         fresh
     }
 
+    /// Call `f` after every membership change (once set, it stays).
+    pub fn on_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        if self.on_change.set(OnChange(Box::new(f))).is_err() {
+            tracing::warn!("registry change callback already set; ignoring another");
+        }
+    }
+
     /// The membership index now.
     pub fn index(&self) -> u64 {
         *self.index.borrow()
@@ -359,11 +402,13 @@ impl Registry {
     }
 
     /// Publish a change made under `inner`: bump versions, wake the writer,
-    /// the expiry task (when a new lease may end first) and watchers.
-    fn changed(&self, mut inner: MutexGuard<'_, Inner>, membership: bool, lease: Option<Instant>) {
+    /// the expiry task (when a new lease may end first) and watchers, and
+    /// tell the publisher — at once when an instance left (no traffic may
+    /// go to it), batched by `run_notifier` when one joined or changed.
+    fn changed(&self, mut inner: MutexGuard<'_, Inner>, change: Change, lease: Option<Instant>) {
         inner.version += 1;
         self.version.store(inner.version, Ordering::Release);
-        if membership {
+        if change != Change::Lease {
             inner.index += 1;
         }
         let index = inner.index;
@@ -373,8 +418,23 @@ impl Registry {
         if wake_expiry {
             self.lease_added.notify_one();
         }
-        if membership {
-            self.index.send_replace(index);
+        match change {
+            Change::Lease => {}
+            Change::Joined => {
+                self.index.send_replace(index);
+                self.joined.notify_one();
+            }
+            Change::Left => {
+                self.index.send_replace(index);
+                self.notify_change();
+            }
+        }
+    }
+
+    /// Call the change callback, if one is set.
+    fn notify_change(&self) {
+        if let Some(OnChange(f)) = self.on_change.get() {
+            f();
         }
     }
 

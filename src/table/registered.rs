@@ -21,25 +21,21 @@ use std::time::Duration;
 
 use super::{Publisher, State};
 use crate::backend::{Backend, Health, Source};
-use crate::config::ServiceConfig;
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::registry::{Instance, Registry, Snapshot};
+use crate::registry::{Instance, Registry};
 
 /// How often the sweeper looks for finished drains.
 const DRAIN_SWEEP: Duration = Duration::from_millis(250);
-
-/// (service, instance id).
-type Key = (Arc<str>, Arc<str>);
 
 /// The registry's share of the publisher's state.
 #[derive(Debug, Default)]
 pub(super) struct Registered {
     registry: Option<Arc<Registry>>,
-    /// The snapshot the current rebuild merges, taken once per rebuild so
-    /// every service sees the same registry state.
-    snapshot: Arc<Snapshot>,
-    /// Registered backends in the table, by (service, id).
-    live: HashMap<Key, Arc<Backend>>,
+    /// Per service, its registered backends in the table, sorted by id (the
+    /// snapshot's order), so a rebuild merges two sorted lists in one pass
+    /// instead of looking every instance up.
+    live: HashMap<Arc<str>, Vec<Arc<Backend>>>,
     /// Left the registry with requests in flight: listed, never picked.
     draining: Vec<Arc<Backend>>,
     /// Left the table in this rebuild; their metric series go in `finish`.
@@ -47,41 +43,78 @@ pub(super) struct Registered {
 }
 
 impl Registered {
-    /// Start a rebuild: take the registry's snapshot, retire backends that
-    /// left it, end finished drains, and return `names` plus every service
-    /// that has registered or draining backends, sorted.
-    pub(super) fn begin(&mut self, names: Vec<Arc<str>>) -> Vec<Arc<str>> {
-        self.snapshot = self
+    /// Start a rebuild: merge the registry's snapshot into the live
+    /// backends (reusing, creating, retiring), end finished drains, and
+    /// return `names` plus every service that has registered or draining
+    /// backends, sorted.
+    pub(super) fn begin(
+        &mut self,
+        names: Vec<Arc<str>>,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> Vec<Arc<str>> {
+        let snapshot = self
             .registry
             .as_ref()
             .map(|r| r.snapshot())
             .unwrap_or_default();
-        self.retire_departed();
-        self.revive_or_end_drains();
+        let mut previous = std::mem::take(&mut self.live);
+        for (service, instances) in snapshot.services() {
+            let old = previous.remove(service).unwrap_or_default();
+            let checked = config
+                .services
+                .get(&**service)
+                .is_some_and(|s| s.health_check.is_some());
+            let merged = self.merge(instances, old, checked, metrics);
+            self.live.insert(Arc::clone(service), merged);
+        }
+        for backend in previous.into_values().flatten() {
+            self.retire(backend);
+        }
+        self.end_drains();
         let mut all: Vec<Arc<str>> = names;
-        all.extend(self.snapshot.services().map(|(name, _)| Arc::clone(name)));
+        all.extend(self.live.keys().cloned());
         all.extend(self.draining.iter().map(|b| Arc::clone(&b.service)));
         all.sort_unstable();
         all.dedup();
         all
     }
 
-    /// Live backends whose registration ended, or whose address changed.
-    fn retire_departed(&mut self) {
-        let snapshot = Arc::clone(&self.snapshot);
-        let mut departed = Vec::new();
-        self.live.retain(|(service, id), backend| {
-            let stays = snapshot
-                .instance(service, id)
-                .is_some_and(|i| i.resolved == backend.resolved);
-            if !stays {
-                departed.push(Arc::clone(backend));
+    /// One service: walk its instances and its previous backends, both
+    /// sorted by id. Same id and address: keep the backend (new weight in
+    /// place); a new address: a new backend; gone: retire.
+    fn merge(
+        &mut self,
+        instances: &[Arc<Instance>],
+        old: Vec<Arc<Backend>>,
+        checked: bool,
+        metrics: &Metrics,
+    ) -> Vec<Arc<Backend>> {
+        let mut merged = Vec::with_capacity(instances.len());
+        let mut old = old.into_iter().peekable();
+        for instance in instances {
+            while let Some(passed) = old.next_if(|b| *b.id < *instance.id) {
+                self.retire(passed);
             }
-            stays
-        });
-        for backend in departed {
-            self.retire(backend);
+            let backend = match old.next_if(|b| same_id(b, instance)) {
+                Some(kept) if kept.resolved == instance.resolved => {
+                    kept.set_weight(instance.weight);
+                    kept
+                }
+                moved => {
+                    if let Some(moved) = moved {
+                        self.retire(moved);
+                    }
+                    self.revive(instance)
+                        .unwrap_or_else(|| new_backend(instance, checked, metrics))
+                }
+            };
+            merged.push(backend);
         }
+        for passed in old {
+            self.retire(passed);
+        }
+        merged
     }
 
     /// Drain a backend with requests in flight; forget one without.
@@ -95,20 +128,21 @@ impl Registered {
         }
     }
 
-    /// A draining backend registered again at the same address comes back
-    /// (keeping its counters); one whose requests all finished goes.
-    fn revive_or_end_drains(&mut self) {
+    /// A draining backend registered again at the same address comes back,
+    /// keeping its in-flight count and counters.
+    fn revive(&mut self, instance: &Instance) -> Option<Arc<Backend>> {
+        let at = self.draining.iter().position(|b| {
+            b.service == instance.service && same_id(b, instance) && b.resolved == instance.resolved
+        })?;
+        let backend = self.draining.swap_remove(at);
+        backend.set_draining(false);
+        Some(backend)
+    }
+
+    /// Draining backends whose requests have all finished go.
+    fn end_drains(&mut self) {
         for backend in std::mem::take(&mut self.draining) {
-            let key = (Arc::clone(&backend.service), Arc::clone(&backend.id));
-            let back = !self.live.contains_key(&key)
-                && self
-                    .snapshot
-                    .instance(&key.0, &key.1)
-                    .is_some_and(|i| i.resolved == backend.resolved);
-            if back {
-                backend.set_draining(false);
-                self.live.insert(key, backend);
-            } else if backend.active_requests() == 0 {
+            if backend.active_requests() == 0 {
                 tracing::info!(service = %backend.service, id = %backend.id, "drain finished");
                 self.gone.push(backend);
             } else {
@@ -117,30 +151,10 @@ impl Registered {
         }
     }
 
-    /// Append `service`'s registered backends (new ones created) and its
-    /// draining ones to `backends`.
-    pub(super) fn add(
-        &mut self,
-        service: &Arc<str>,
-        settings: &ServiceConfig,
-        backends: &mut Vec<Arc<Backend>>,
-        metrics: &Metrics,
-    ) {
-        let snapshot = Arc::clone(&self.snapshot);
-        for instance in snapshot.service(service) {
-            let key = (Arc::clone(service), Arc::clone(&instance.id));
-            let backend = match self.live.get(&key) {
-                Some(existing) => {
-                    existing.set_weight(instance.weight);
-                    Arc::clone(existing)
-                }
-                None => {
-                    let fresh = new_backend(instance, settings, metrics);
-                    self.live.insert(key, Arc::clone(&fresh));
-                    fresh
-                }
-            };
-            backends.push(backend);
+    /// Append `service`'s registered and draining backends to `backends`.
+    pub(super) fn add(&self, service: &Arc<str>, backends: &mut Vec<Arc<Backend>>) {
+        if let Some(live) = self.live.get(service) {
+            backends.extend(live.iter().cloned());
         }
         let draining = self.draining.iter().filter(|b| b.service == *service);
         backends.extend(draining.cloned());
@@ -158,7 +172,7 @@ impl Registered {
         }
         let in_use: HashSet<(&str, &str)> = configured
             .values()
-            .chain(self.live.values())
+            .chain(self.live.values().flatten())
             .chain(self.draining.iter())
             .map(|b| (&*b.service, &*b.address))
             .collect();
@@ -176,10 +190,16 @@ impl Registered {
     }
 }
 
+/// The same instance id (pointer equality first: a renewed or re-published
+/// instance shares its id's allocation with the backend made from it).
+fn same_id(backend: &Backend, instance: &Instance) -> bool {
+    Arc::ptr_eq(&backend.id, &instance.id) || backend.id == instance.id
+}
+
 /// A backend for a registered instance. With active checks it starts
 /// `Unknown` and takes no traffic until a check passes (SPEC §2), like a
 /// configured one.
-fn new_backend(instance: &Instance, settings: &ServiceConfig, metrics: &Metrics) -> Arc<Backend> {
+fn new_backend(instance: &Instance, checked: bool, metrics: &Metrics) -> Arc<Backend> {
     let backend = Backend::new(
         Arc::clone(&instance.service),
         Arc::clone(&instance.id),
@@ -189,7 +209,7 @@ fn new_backend(instance: &Instance, settings: &ServiceConfig, metrics: &Metrics)
         Source::Registry,
         metrics.backend_counters(&instance.service, &instance.address),
     );
-    if settings.health_check.is_some() {
+    if checked {
         backend.set_health(Health::Unknown);
     }
     Arc::new(backend)
@@ -226,7 +246,8 @@ impl State {
     /// Registered backends in the table now, draining ones included (tests).
     #[cfg(test)]
     fn registered_backends(&self) -> usize {
-        self.registered.live.len() + self.registered.draining.len()
+        let live: usize = self.registered.live.values().map(Vec::len).sum();
+        live + self.registered.draining.len()
     }
 }
 
