@@ -63,6 +63,8 @@ pub struct BackendCounters {
     pub ok: IntCounter,
     pub error: IntCounter,
     pub timeout: IntCounter,
+    /// `switchyard_outlier_ejections_total`.
+    pub ejections: IntCounter,
 }
 
 /// One upstream instance.
@@ -307,6 +309,7 @@ pub(crate) mod testing {
                 ok: counter(),
                 error: counter(),
                 timeout: counter(),
+                ejections: counter(),
             },
         ))
     }

@@ -32,6 +32,7 @@ pub struct Metrics {
     backend_active: IntGaugeVec,
     pub health_checks: IntCounterVec,
     retries: IntCounterVec,
+    ejections: IntCounterVec,
     pub registry_instances: IntGaugeVec,
     connections_open: IntGaugeVec,
     config_reloads: IntCounterVec,
@@ -115,6 +116,11 @@ impl Metrics {
                 "Active health checks, by result.",
                 &["service", "backend", "result"],
             ),
+            ejections: counter_vec(
+                "switchyard_outlier_ejections_total",
+                "Ejections of a backend by outlier detection (passive health).",
+                &["service", "backend"],
+            ),
             retries: counter_vec(
                 "switchyard_retries_total",
                 "Retried attempts.",
@@ -168,6 +174,7 @@ impl Metrics {
             Box::new(self.backend_active.clone()),
             Box::new(self.health_checks.clone()),
             Box::new(self.retries.clone()),
+            Box::new(self.ejections.clone()),
             Box::new(self.registry_instances.clone()),
             Box::new(self.connections_open.clone()),
             Box::new(self.config_reloads.clone()),
@@ -194,6 +201,7 @@ impl Metrics {
             ok: outcome("ok"),
             error: outcome("error"),
             timeout: outcome("timeout"),
+            ejections: self.ejections.with_label_values(&[service, backend]),
         }
     }
 
@@ -211,6 +219,7 @@ impl Metrics {
         }
         let _ = self.backend_up.remove_label_values(&[service, backend]);
         let _ = self.backend_active.remove_label_values(&[service, backend]);
+        let _ = self.ejections.remove_label_values(&[service, backend]);
     }
 
     /// Set `switchyard_registry_instances` to these per-service counts of

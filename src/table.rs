@@ -8,7 +8,7 @@
 //! (backends with their live state, pooled clients, metric handles), rebuilds
 //! a whole table when a source changes, and swaps it in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -29,10 +29,11 @@ mod registered;
 /// One immutable snapshot of everything the request path reads.
 #[derive(Debug, Default)]
 pub struct Table {
-    pub routes: RouteTable,
+    /// Shared with the next table when only readiness changed.
+    pub routes: Arc<RouteTable>,
     /// Indexed by `Route::service`.
     pub services: Vec<Arc<Service>>,
-    by_name: HashMap<Arc<str>, usize>,
+    by_name: Arc<HashMap<Arc<str>, usize>>,
 }
 
 impl Table {
@@ -77,6 +78,34 @@ pub struct Publisher {
     state: Mutex<State>,
     /// Set by `nudge`; drained by `run_coalescer`.
     dirty: Notify,
+    /// What the nudges since the last rebuild asked for.
+    pending: Mutex<Pending>,
+}
+
+/// Work the coalescer owes: a full rebuild, or fresh ready lists for some services.
+#[derive(Debug, Default)]
+struct Pending {
+    full: bool,
+    services: HashSet<Arc<str>>,
+}
+
+impl Service {
+    /// The same service with its ready list and balancer recomputed from the
+    /// backends' live state (health, ejection, draining).
+    fn with_fresh_ready(&self) -> Service {
+        let ready = ready_backends(&self.backends, self.settings.panic_threshold);
+        Service {
+            name: Arc::clone(&self.name),
+            policy: self.policy,
+            backends: self.backends.clone(),
+            balancer: Balancer::new(self.policy, &ready, self.balancer.cursor()),
+            ready,
+            settings: Arc::clone(&self.settings),
+            upstream: self.upstream.clone(),
+            metrics: Arc::clone(&self.metrics),
+            budget: Arc::clone(&self.budget),
+        }
+    }
 }
 
 /// What survives rebuilds. Behind a mutex taken only by writers (config
@@ -114,12 +143,22 @@ impl Publisher {
             table,
             state: Mutex::new(state),
             dirty: Notify::new(),
+            pending: Mutex::new(Pending::default()),
         }
     }
 
-    /// Ask for a rebuild soon (health flips, registry changes). Cheap and
+    /// Ask for a full rebuild soon (registry changes). Cheap and
     /// non-blocking; bursts are coalesced by [`Publisher::run_coalescer`].
     pub fn nudge(&self) {
+        self.lock_pending().full = true;
+        self.dirty.notify_one();
+    }
+
+    /// Only the readiness of `service`'s backends changed (a health flip, an
+    /// ejection or its end): the coalescer refreshes that one service, in
+    /// O(its backends), and shares everything else with the current table.
+    pub fn nudge_service(&self, service: &Arc<str>) {
+        self.lock_pending().services.insert(Arc::clone(service));
         self.dirty.notify_one();
     }
 
@@ -128,8 +167,34 @@ impl Publisher {
         loop {
             self.dirty.notified().await;
             tokio::time::sleep(COALESCE).await;
-            self.republish();
+            let pending = std::mem::take(&mut *self.lock_pending());
+            if pending.full {
+                self.republish();
+            } else if !pending.services.is_empty() {
+                self.refresh_ready(&pending.services);
+            }
         }
+    }
+
+    /// Swap in a table whose listed services have fresh ready lists.
+    fn refresh_ready(&self, names: &HashSet<Arc<str>>) {
+        let _writer = self.lock();
+        let old = self.table.load_full();
+        let mut services = old.services.clone();
+        for name in names {
+            if let Some(&i) = old.by_name.get(name) {
+                services[i] = Arc::new(old.services[i].with_fresh_ready());
+            }
+        }
+        self.table.store(Arc::new(Table {
+            routes: Arc::clone(&old.routes),
+            services,
+            by_name: Arc::clone(&old.by_name),
+        }));
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn table(&self) -> &SharedTable {
@@ -154,14 +219,14 @@ impl Publisher {
         loop {
             tick.tick().await;
             let table = self.table.load();
-            let mut expired = false;
+            let mut expired = HashSet::new();
             for backend in table.backends().filter(|b| b.ejection_expired()) {
                 backend.clear_ejection();
                 tracing::info!(service = %backend.service, backend = %backend.address, "ejection over");
-                expired = true;
+                expired.insert(Arc::clone(&backend.service));
             }
-            if expired {
-                self.nudge();
+            for name in expired {
+                self.nudge_service(&name);
             }
         }
     }
@@ -210,9 +275,9 @@ impl State {
         self.clients
             .retain(|k, _| k.service().map_or(true, |s| by_name.contains_key(s)));
         Table {
-            routes: route_table(&config, &by_name),
+            routes: Arc::new(route_table(&config, &by_name)),
             services,
-            by_name,
+            by_name: Arc::new(by_name),
         }
     }
 
@@ -363,4 +428,56 @@ fn route_table(config: &Config, by_name: &HashMap<Arc<str>, usize>) -> RouteTabl
         }
     }
     RouteTable::build(specs, implicit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher() -> Publisher {
+        let toml = r#"
+[services.a]
+backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+[services.b]
+backends = ["127.0.0.1:9003"]
+"#;
+        let config = Config::from_toml_str(toml, std::path::Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Publisher::new(Arc::new(config), Metrics::new())
+    }
+
+    #[test]
+    fn a_readiness_change_replaces_only_that_service() {
+        let p = publisher();
+        let before = p.table().load_full();
+        let a = Arc::clone(before.service("a").expect("a"));
+        let b = Arc::clone(before.service("b").expect("b"));
+        assert_eq!(a.ready.len(), 2);
+        a.backends[0].set_health(Health::Unhealthy);
+        p.refresh_ready(&HashSet::from([Arc::clone(&a.name)]));
+        let after = p.table().load_full();
+        let a2 = after.service("a").expect("a");
+        assert_eq!(a2.ready.len(), 1);
+        assert!(
+            Arc::ptr_eq(&a.backends[1], &a2.ready[0]),
+            "same live backend"
+        );
+        assert!(
+            Arc::ptr_eq(&b, after.service("b").expect("b")),
+            "b untouched"
+        );
+        assert!(Arc::ptr_eq(&before.routes, &after.routes), "routes shared");
+    }
+
+    #[test]
+    fn a_full_rebuild_keeps_backends_and_their_state() {
+        let p = publisher();
+        let before = p.table().load_full();
+        let guard = before.service("a").expect("a").backends[0].start_request();
+        p.republish();
+        let after = p.table().load_full();
+        let b0 = &after.service("a").expect("a").backends[0];
+        assert!(Arc::ptr_eq(guard.backend(), b0));
+        assert_eq!(b0.active_requests(), 1);
+    }
 }

@@ -25,6 +25,12 @@ impl LeastConn {
     }
 }
 
+impl LeastConn {
+    pub fn cursor(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.next)
+    }
+}
+
 impl Pick for LeastConn {
     fn pick(&self, ready: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
         let len = ready.len();

@@ -43,6 +43,14 @@ impl Balancer {
         }
     }
 
+    /// The service's position, for the balancer that replaces this one.
+    pub fn cursor(&self) -> Arc<AtomicUsize> {
+        match self {
+            Balancer::RoundRobin(p) => p.cursor(),
+            Balancer::LeastConn(p) => p.cursor(),
+        }
+    }
+
     pub fn pick(&self, ready: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
         match self {
             Balancer::RoundRobin(p) => p.pick(ready, tried),

@@ -36,6 +36,12 @@ impl RoundRobin {
     }
 }
 
+impl RoundRobin {
+    pub fn cursor(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.next)
+    }
+}
+
 impl Pick for RoundRobin {
     fn pick(&self, ready: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
         if ready.is_empty() {

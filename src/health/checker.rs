@@ -104,7 +104,7 @@ impl<P: Probe> Checker<P> {
         }
         if transition.is_some() || unejected {
             // The table's ready lists only change on a rebuild.
-            self.publisher.nudge();
+            self.publisher.nudge_service(&self.backend.service);
         }
     }
 

@@ -40,8 +40,9 @@ pub fn observe(
         return;
     }
     if backend.eject(config.base_ejection) {
+        backend.counters.ejections.inc();
         tracing::warn!(service = %service.name, backend = %backend.address, "ejected after consecutive failures");
-        proxy.publisher.nudge();
+        proxy.publisher.nudge_service(&backend.service);
     }
 }
 
