@@ -7,7 +7,7 @@
 //! get an immutable [`Snapshot`] from an `ArcSwap`. The snapshot is rebuilt
 //! lazily, by the first reader after a change, so a burst of 10,000
 //! registrations costs 10,000 O(log n) inserts plus one O(n) snapshot per
-//! reader pass (the publisher rebuilds at most every 20 ms), not 10,000
+//! reader pass (a table rebuild, a store write, a listing), not 10,000
 //! copies. The request path never reads the registry at all: it sees
 //! registered instances only through the published table.
 //!
@@ -19,9 +19,9 @@
 //! `run_notifier` (the first at once, then at most one call per 100 ms), so
 //! a burst of registrations costs a handful of table rebuilds, each O(n),
 //! rather than one every publisher cycle — rebuilds are what the request
-//! path would feel. Heartbeats move a
-//! lease but change no membership, so they advance the data version (for the
-//! store and the listings) but not the index.
+//! path would feel. Heartbeats move a lease but change no membership, so
+//! they advance the data version (for the store and the listings) but not
+//! the index.
 //!
 //! # Layout
 //! - [`instance`]: the instance type and the validation of PUT bodies.
