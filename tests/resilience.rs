@@ -187,6 +187,8 @@ async fn killing_a_backend_in_the_middle_of_a_load_fails_no_request() {
         let http = Http::new();
         let (mut who, mut failures) = (Vec::new(), Vec::new());
         for i in 0..TOTAL {
+            // Paced, so that the kill lands mid-run even in a fast release build.
+            tokio::time::sleep(Duration::from_millis(3)).await;
             match http.try_get(proxy, &format!("/svc/r{i}")).await {
                 Ok(r) if r.status == 200 => who.push(r.backend().unwrap_or("?").to_string()),
                 Ok(r) => failures.push(format!("#{i}: {} {:?}", r.status, r.reason())),
