@@ -265,7 +265,7 @@ impl State {
             by_name.insert(Arc::clone(name), services.len());
             services.push(Arc::new(service));
         }
-        self.forget_removed(&kept);
+        self.forget_removed(&kept, &services);
         self.backends = kept;
         self.registered.finish(&self.metrics, &self.backends);
         self.service_metrics.retain(|k, _| by_name.contains_key(k));
@@ -376,9 +376,27 @@ impl State {
 
     /// Drop metric series of backends that left (ones still in flight keep
     /// their `Arc` alive through their guards; only the series go).
-    fn forget_removed(&self, kept: &HashMap<(Arc<str>, Arc<str>), Arc<Backend>>) {
+    /// A series is shared by every backend with the same (service, address),
+    /// so one still used by a backend of the new table (a registered instance
+    /// at a removed configured address, say) is kept.
+    fn forget_removed(
+        &self,
+        kept: &HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
+        services: &[Arc<Service>],
+    ) {
+        let mut live: Option<HashSet<(&str, &str)>> = None;
         for (key, backend) in &self.backends {
-            if !kept.contains_key(key) {
+            if kept.contains_key(key) {
+                continue;
+            }
+            let live = live.get_or_insert_with(|| {
+                services
+                    .iter()
+                    .flat_map(|s| s.backends.iter())
+                    .map(|b| (&*b.service, &*b.address))
+                    .collect()
+            });
+            if !live.contains(&(&*backend.service, &*backend.address)) {
                 self.metrics
                     .forget_backend(&backend.service, &backend.address);
             }
