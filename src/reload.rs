@@ -6,7 +6,7 @@
 //! Listener addresses and worker counts are fixed at start-up: a reload that
 //! changes them applies everything else and warns that those need a restart.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,10 +68,6 @@ impl Reloader {
             serial: Arc::new(Mutex::new(())),
             applied: Arc::new(std::sync::Mutex::new(applied)),
         }
-    }
-
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
     }
 
     /// Re-read the config file and apply it if valid.

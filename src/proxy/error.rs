@@ -43,8 +43,6 @@ pub enum ProxyError {
     BadFraming(&'static str),
     #[error("backend timeout")]
     Timeout,
-    #[error("backend protocol not supported: {0}")]
-    Unsupported(&'static str),
 }
 
 impl ProxyError {
@@ -62,8 +60,7 @@ impl ProxyError {
             | ProxyError::Reset(_)
             | ProxyError::Stale(_)
             | ProxyError::BadResponse(_)
-            | ProxyError::BadFraming(_)
-            | ProxyError::Unsupported(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::BadFraming(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -83,7 +80,6 @@ impl ProxyError {
             ProxyError::Reset(_) | ProxyError::Stale(_) => "backend reset",
             ProxyError::BadResponse(_) | ProxyError::BadFraming(_) => "backend bad response",
             ProxyError::Timeout => "backend timeout",
-            ProxyError::Unsupported(_) => "backend protocol not supported",
         }
     }
 
@@ -103,7 +99,6 @@ impl ProxyError {
                 "502 backend sent a bad response\n"
             }
             ProxyError::Timeout => "504 backend timeout\n",
-            ProxyError::Unsupported(_) => "502 backend protocol not supported\n",
         }
     }
 
@@ -131,8 +126,7 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::ClientGone
-            | ProxyError::Stale(_)
-            | ProxyError::Unsupported(_) => false,
+            | ProxyError::Stale(_) => false,
         }
     }
 

@@ -167,7 +167,8 @@ impl ProxyService {
         let upgrade = fwd.http1 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+        // A refcount bump, not a copy: the header rewrite borrows it.
+        let authority = parts.uri.authority().cloned();
         let forwarded = Forwarded {
             peer_ip: &self.peer.ip,
             trusted: self.peer.trusted,
@@ -176,7 +177,7 @@ impl ProxyService {
             } else {
                 &PROTO_HTTP
             },
-            authority: authority.as_deref(),
+            authority: authority.as_ref().map(|a| a.as_str()),
         };
         headers::prepare_request(&mut parts.headers, &forwarded, upgrade);
         let path = upstream_path(route, &parts.uri)?;
