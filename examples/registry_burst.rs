@@ -14,7 +14,8 @@
 //! `--workers W` (load connections, default 4), `--idle-secs S` (default 3),
 //! `--log LEVEL` (Switchyard's RUST_LOG, default info), `--server-cpus LIST`
 //! (run Switchyard under `taskset -c LIST`), `--server-workers N` (its
-//! `[proxy] workers`, default 0 = one per core). Switchyard's log is kept in
+//! `[proxy] workers`, default 0 = one per core), `--priority background|normal`
+//! (its `[admin] priority`, default background). Switchyard's log is kept in
 //! `$REGISTRY_BURST_LOG` when set.
 //!
 //! On a 2-core machine, pin the two sides apart as `bench/` does:
@@ -53,6 +54,8 @@ struct Options {
     server_cpus: String,
     /// `[proxy] workers` (0 = one per core).
     server_workers: u32,
+    /// `[admin] priority`.
+    priority: String,
 }
 
 fn options() -> Result<Options, Error> {
@@ -66,6 +69,7 @@ fn options() -> Result<Options, Error> {
         log: "info".into(),
         server_cpus: String::new(),
         server_workers: 0,
+        priority: "background".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -80,6 +84,7 @@ fn options() -> Result<Options, Error> {
             "--log" => o.log = value,
             "--server-cpus" => o.server_cpus = value,
             "--server-workers" => o.server_workers = value.parse()?,
+            "--priority" => o.priority = value,
             _ => return Err(format!("unknown option {flag}").into()),
         }
     }
@@ -98,8 +103,9 @@ async fn main() -> Result<(), Error> {
         "memory".into()
     };
     let config = format!(
-        "[proxy]\nlisten = [\"{proxy}\"]\nworkers = {}\n[admin]\nlisten = \"{admin}\"\n[registry]\nstore = \"{store}\"\nmax_instances_per_service = {}\n[services.load]\nbackends = [\"{backend}\"]\n[services.burst]\n",
+        "[proxy]\nlisten = [\"{proxy}\"]\nworkers = {}\n[admin]\nlisten = \"{admin}\"\npriority = \"{}\"\n[registry]\nstore = \"{store}\"\nmax_instances_per_service = {}\n[services.load]\nbackends = [\"{backend}\"]\n[services.burst]\n",
         o.server_workers,
+        o.priority,
         o.instances.max(1)
     );
     let config_path = dir.path().join("switchyard.toml");
@@ -177,9 +183,10 @@ async fn main() -> Result<(), Error> {
         .collect();
     let mut reg = registration_latencies;
     println!(
-        "registry burst: {} instances, store={}, load {} req/s over {} connections",
+        "registry burst: {} instances, store={}, priority={}, load {} req/s over {} connections",
         o.instances,
         if o.file_store { "file" } else { "memory" },
+        o.priority,
         o.rate,
         o.workers
     );

@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{AdminService, AdminState};
 use crate::config::Config;
+use crate::control::ControlPlane;
 use crate::listener::{self, ConnTimeouts, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyService};
@@ -49,6 +50,8 @@ pub enum StartError {
     /// message names the file).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot start the control-plane thread: {0}")]
+    Control(#[source] io::Error),
 }
 
 /// A bound, not yet serving, Switchyard.
@@ -66,6 +69,8 @@ pub struct App {
     http_builder: Arc<auto::Builder<TokioExecutor>>,
     admin_socket: TcpListener,
     ready: Arc<AtomicBool>,
+    /// Admin API, registry tasks, rebuilds: off the proxy's workers.
+    control: ControlPlane,
 }
 
 impl App {
@@ -101,6 +106,7 @@ impl App {
             }
         });
         let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone());
+        let control = ControlPlane::start(config.admin.priority).map_err(StartError::Control)?;
         Ok(App {
             config,
             metrics,
@@ -112,6 +118,7 @@ impl App {
             http_builder,
             admin_socket,
             ready: Arc::new(AtomicBool::new(false)),
+            control,
         })
     }
 
@@ -154,9 +161,13 @@ impl App {
         self.spawn_proxy_listeners(&permits, proxy_stopped);
         let admin_permits = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         self.spawn_admin_listener(&admin_permits, admin_stopped);
-        let _watcher = self.reloader.watch_file();
-        let coalescer = tokio::spawn(Arc::clone(&self.publisher).run_coalescer());
-        let sweeper = tokio::spawn(Arc::clone(&self.publisher).run_sweeper());
+        let _watcher = self.control.enter(|| self.reloader.watch_file());
+        let coalescer = self
+            .control
+            .spawn(Arc::clone(&self.publisher).run_coalescer());
+        let sweeper = self
+            .control
+            .spawn(Arc::clone(&self.publisher).run_sweeper());
         let health = crate::health::spawn(Arc::clone(&self.publisher), self.metrics.clone());
         let registry_tasks = self.spawn_registry_tasks();
         self.ready.store(true, Ordering::Relaxed);
@@ -189,11 +200,12 @@ impl App {
 
     /// Lease expiry, join notifications, the store writer, the drain sweeper.
     fn spawn_registry_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let control = &self.control;
         vec![
-            tokio::spawn(Arc::clone(&self.registry).run_expiry()),
-            tokio::spawn(Arc::clone(&self.registry).run_notifier()),
-            tokio::spawn(Arc::clone(&self.registry).run_writer()),
-            tokio::spawn(Arc::clone(&self.publisher).run_drain_sweeper()),
+            control.spawn(Arc::clone(&self.registry).run_expiry()),
+            control.spawn(Arc::clone(&self.registry).run_notifier()),
+            control.spawn(Arc::clone(&self.registry).run_writer()),
+            control.spawn(Arc::clone(&self.publisher).run_drain_sweeper()),
         ]
     }
 
@@ -287,7 +299,7 @@ impl App {
             shutdown: stopped,
             tls: None,
         };
-        tokio::spawn(l.run());
+        self.control.spawn(l.run());
     }
 }
 

@@ -31,6 +31,7 @@ pub mod app;
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -150,6 +150,7 @@ impl Reloader {
             ("proxy.listen", old.proxy.listen != new.proxy.listen),
             ("proxy.tls", old.proxy.tls != new.proxy.tls),
             ("admin.listen", old.admin.listen != new.admin.listen),
+            ("admin.priority", old.admin.priority != new.admin.priority),
             ("proxy.workers", old.proxy.workers != new.proxy.workers),
             (
                 "proxy.max_connections",

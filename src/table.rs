@@ -80,6 +80,8 @@ pub struct Publisher {
     dirty: Notify,
     /// What the nudges since the last rebuild asked for.
     pending: Mutex<Pending>,
+    /// Replaced tables that requests may still hold (see `publish`).
+    retired: Mutex<Vec<Arc<Table>>>,
 }
 
 /// Work the coalescer owes: a full rebuild, or fresh ready lists for some services.
@@ -144,6 +146,7 @@ impl Publisher {
             state: Mutex::new(state),
             dirty: Notify::new(),
             pending: Mutex::new(Pending::default()),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -186,11 +189,11 @@ impl Publisher {
                 services[i] = Arc::new(old.services[i].with_fresh_ready());
             }
         }
-        self.table.store(Arc::new(Table {
+        self.publish(Table {
             routes: Arc::clone(&old.routes),
             services,
             by_name: Arc::clone(&old.by_name),
-        }));
+        });
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -210,14 +213,16 @@ impl Publisher {
         let mut state = self.lock();
         state.config = config;
         let table = state.rebuild();
-        self.table.store(Arc::new(table));
+        self.publish(table);
     }
 
-    /// Every 250 ms: bring back backends whose ejection time is up.
+    /// Every 250 ms: bring back backends whose ejection time is up, and free
+    /// replaced tables that requests have let go of.
     pub async fn run_sweeper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
+            self.release_retired();
             let table = self.table.load();
             let mut expired = HashSet::new();
             for backend in table.backends().filter(|b| b.ejection_expired()) {
@@ -235,7 +240,24 @@ impl Publisher {
     pub fn republish(&self) {
         let mut state = self.lock();
         let table = state.rebuild();
-        self.table.store(Arc::new(table));
+        self.publish(table);
+    }
+
+    /// Swap `table` in. The table it replaces is kept until no request holds
+    /// it, then dropped here, on the writer's thread: the last reference must
+    /// not fall to a proxy worker, for whom freeing a 10,000-backend table
+    /// (a cache miss per backend) is a millisecond stall.
+    fn publish(&self, table: Table) {
+        let old = self.table.swap(Arc::new(table));
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.push(old);
+        release_unused(&mut retired);
+    }
+
+    /// Drop the retired tables no request holds any more (the sweeper calls
+    /// this between publications).
+    fn release_retired(&self) {
+        release_unused(&mut self.retired.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -404,6 +426,13 @@ impl State {
     }
 }
 
+/// Drop the tables only `retired` still holds. A count of one is final:
+/// once swapped out a table cannot be loaded again, and `ArcSwap::swap` has
+/// turned every outstanding guard on it into a counted reference.
+fn release_unused(retired: &mut Vec<Arc<Table>>) {
+    retired.retain(|table| Arc::strong_count(table) > 1);
+}
+
 /// The backends the balancer may pick. Below the panic threshold (a
 /// percentage of non-draining backends; 0 = off) balance over all of them,
 /// as Envoy does, rather than pile everything on a few survivors — but never
@@ -462,6 +491,36 @@ backends = ["127.0.0.1:9003"]
         let config = Config::from_toml_str(toml, std::path::Path::new("t.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         Publisher::new(Arc::new(config), Metrics::new())
+    }
+
+    fn retired(p: &Publisher) -> usize {
+        p.retired.lock().map(|r| r.len()).unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn a_replaced_table_is_freed_by_the_publisher_not_by_its_last_reader() {
+        let p = publisher();
+        p.republish();
+        assert_eq!(retired(&p), 0, "a table nobody holds goes at once");
+        let held = p.table().load_full();
+        let old = Arc::downgrade(&held);
+        p.republish();
+        drop(held); // the request ends: not the last reference
+        assert!(old.upgrade().is_some(), "kept by the publisher");
+        assert_eq!(retired(&p), 1);
+        p.release_retired();
+        assert!(old.upgrade().is_none(), "freed by the publisher");
+        assert_eq!(retired(&p), 0);
+    }
+
+    #[test]
+    fn a_table_still_in_use_is_kept_until_released() {
+        let p = publisher();
+        let held = p.table().load_full();
+        p.republish();
+        p.release_retired();
+        assert_eq!(retired(&p), 1, "a request still holds it");
+        assert_eq!(Arc::strong_count(&held), 2);
     }
 
     #[test]

@@ -89,6 +89,21 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// From `token`, or the environment variable named by `token_env` (read at load).
     pub token: Option<String>,
+    /// How the control plane (admin API, registry, table rebuilds) competes
+    /// with the proxy's workers for CPU. Default: background.
+    pub priority: ControlPriority,
+}
+
+/// `admin.priority`: the control-plane thread's scheduling priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlPriority {
+    /// Runs only when the proxy's workers leave a core free (Linux
+    /// `SCHED_IDLE`): a burst of registrations never delays a request, but
+    /// under sustained 100 % CPU the admin API slows down.
+    #[default]
+    Background,
+    /// The same priority as the proxy's workers: a fair share of the CPU.
+    Normal,
 }
 
 #[derive(Debug, Clone, PartialEq)]

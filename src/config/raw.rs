@@ -87,6 +87,14 @@ pub(super) struct RawAdmin {
     pub listen: Option<Text>,
     pub token: Option<Text>,
     pub token_env: Option<Text>,
+    pub priority: Option<RawPriority>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawPriority {
+    Background,
+    Normal,
 }
 
 /// `[registry]`.

@@ -224,7 +224,7 @@ impl Publisher {
         let mut state = self.lock();
         state.registered.registry = Some(registry);
         let table = state.rebuild();
-        self.table.store(Arc::new(table));
+        self.publish(table);
     }
 
     /// Republish whenever a draining backend's last request has finished, so

@@ -11,12 +11,12 @@ use toml::Spanned;
 use super::addresses::{parse_listen, parse_net};
 use super::ctx::{take, Ctx};
 use super::defaults::{default_admin, default_alpn, default_proxy, default_registry};
-use super::raw::{RawAdmin, RawConfig, RawLogFormat, RawProxy, RawRegistry, RawTls};
+use super::raw::{RawAdmin, RawConfig, RawLogFormat, RawPriority, RawProxy, RawRegistry, RawTls};
 use super::services::{routes, service};
 use super::values::{non_empty, parse_alpn, parse_store, read_env, NO_MAX};
 use crate::config::{
-    AdminConfig, CertPair, Config, LogConfig, LogFormat, ProxyConfig, RegistryConfig,
-    TlsListenerConfig,
+    AdminConfig, CertPair, Config, ControlPriority, LogConfig, LogFormat, ProxyConfig,
+    RegistryConfig, TlsListenerConfig,
 };
 
 pub(super) fn build(cx: &mut Ctx, raw: &RawConfig) -> Config {
@@ -140,7 +140,15 @@ fn admin(cx: &mut Ctx, raw: &RawAdmin) -> AdminConfig {
         );
         cx.error(span, "admin.listen", message);
     }
-    AdminConfig { listen, token }
+    let priority = match raw.priority {
+        Some(RawPriority::Normal) => ControlPriority::Normal,
+        Some(RawPriority::Background) | None => ControlPriority::Background,
+    };
+    AdminConfig {
+        listen,
+        token,
+        priority,
+    }
 }
 
 fn admin_token(cx: &mut Ctx, raw: &RawAdmin) -> Option<String> {

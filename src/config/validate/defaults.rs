@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::{
-    AdminConfig, BalancePolicy, Config, HealthCheckConfig, HealthCheckKind, LogConfig,
-    OutlierConfig, ProxyConfig, RegistryConfig, RetryConfig, RetryOn, ServiceConfig, StoreConfig,
-    UpstreamProtocol, UpstreamTls,
+    AdminConfig, BalancePolicy, Config, ControlPriority, HealthCheckConfig, HealthCheckKind,
+    LogConfig, OutlierConfig, ProxyConfig, RegistryConfig, RetryConfig, RetryOn, ServiceConfig,
+    StoreConfig, UpstreamProtocol, UpstreamTls,
 };
 
 /// Defaults only: proxy on 0.0.0.0:8080, admin on 127.0.0.1:9091, no services.
@@ -55,6 +55,7 @@ pub(super) fn default_admin() -> AdminConfig {
     AdminConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
         token: None,
+        priority: ControlPriority::Background,
     }
 }
 

@@ -22,9 +22,9 @@ use super::defaults::{
 use super::values::{env_token, parse_retry_on, parse_status_range, parse_store};
 use super::{load_file, parse_str, ConfigError, ConfigErrors};
 use crate::config::{
-    BalancePolicy, CertPair, Config, HealthCheckConfig, HealthCheckKind, LogFormat, OutlierConfig,
-    RetryConfig, RetryOn, RouteConfig, ServiceConfig, StoreConfig, TlsListenerConfig,
-    UpstreamProtocol,
+    BalancePolicy, CertPair, Config, ControlPriority, HealthCheckConfig, HealthCheckKind,
+    LogFormat, OutlierConfig, RetryConfig, RetryOn, RouteConfig, ServiceConfig, StoreConfig,
+    TlsListenerConfig, UpstreamProtocol,
 };
 
 const ORIGIN: &str = "/etc/switchyard/switchyard.toml";

@@ -1,5 +1,5 @@
 //! Value checks: durations, integer limits, weights, names, paths, status
-//! ranges, retry conditions, registry stores and admin tokens.
+//! ranges, retry conditions, registry stores, admin tokens and priority.
 
 use super::*;
 
@@ -223,6 +223,20 @@ fn admin_tokens() {
         "[admin]\ntoken = \"\"\n",
         "admin.token",
         "must not be empty",
+    );
+}
+
+#[test]
+fn admin_priority() {
+    assert_eq!(parse_ok("").admin.priority, ControlPriority::Background);
+    let normal = parse_ok("[admin]\npriority = \"normal\"\n");
+    assert_eq!(normal.admin.priority, ControlPriority::Normal);
+    let background = parse_ok("[admin]\npriority = \"background\"\n");
+    assert_eq!(background.admin.priority, ControlPriority::Background);
+    fails(
+        "[admin]\npriority = \"realtime\"\n",
+        "admin.priority",
+        "unknown variant `realtime`",
     );
 }
 
