@@ -11,6 +11,7 @@
 //!
 //! - [`config`]: the TOML contract, parsed strictly and validated with line:column errors.
 //! - [`app`]: composition root — binds listeners, builds state, runs, drains.
+//! - [`control`]: the control-plane thread (admin API, registry tasks, rebuilds) and its priority.
 //! - [`table`]: the published snapshot and its single writer, the publisher.
 //! - [`backend`]: one upstream instance and its live atomics (in-flight, health).
 //! - [`balance`]: selection policies (round robin, least connections).
