@@ -24,6 +24,12 @@ pub const JOIN_BATCH: Duration = Duration::from_millis(100);
 pub const WRITE_INTERVAL: Duration = Duration::from_millis(100);
 /// After a failed write, wait this long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// An expiry timer that fires this late means the control thread was kept
+/// off the CPU (it runs at background priority), and heartbeats may be
+/// waiting unread in their sockets.
+const STARVED: Duration = Duration::from_millis(250);
+/// The most a starved expiry waits before it looks again.
+const MAX_GRACE: Duration = Duration::from_secs(5);
 
 impl Registry {
     /// End leases as their deadlines pass; runs until aborted.
@@ -39,12 +45,27 @@ impl Registry {
             match next {
                 Some(at) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
+                        _ = tokio::time::sleep_until(at) => self.grace_if_starved(at).await,
                         _ = &mut woken => {}
                     }
                 }
                 None => woken.await,
             }
+        }
+    }
+
+    /// When the expiry timer fired late, give the heartbeats that piled up
+    /// meanwhile the time to be read before ending leases: a lease must not
+    /// end because Switchyard, not the instance, fell behind (Eureka's
+    /// self-preservation, for the same reason). While the thread stays
+    /// starved, every round is late, and nothing expires.
+    async fn grace_if_starved(&self, due: Instant) {
+        if let Some(grace) = starvation_grace(due, Instant::now()) {
+            tracing::warn!(
+                late_ms = grace.as_millis() as u64,
+                "lease expiry ran late (the control plane was short of CPU); expiring after a grace period"
+            );
+            tokio::time::sleep(grace).await;
         }
     }
 
@@ -101,5 +122,34 @@ impl Registry {
         })
         .await
         .map_err(StoreError::Task)?
+    }
+}
+
+/// How long to wait before expiring leases when a timer due at `due` fired
+/// at `now`: nothing when on time, else as long as it was late (bounded).
+fn starvation_grace(due: Instant, now: Instant) -> Option<Duration> {
+    let late = now.saturating_duration_since(due);
+    (late >= STARVED).then(|| late.min(MAX_GRACE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_expiry_waits_as_long_as_it_was_late() {
+        let due = Instant::now();
+        assert_eq!(starvation_grace(due, due), None);
+        assert_eq!(
+            starvation_grace(due, due + Duration::from_millis(249)),
+            None
+        );
+        let late = Duration::from_millis(800);
+        assert_eq!(starvation_grace(due, due + late), Some(late));
+        assert_eq!(
+            starvation_grace(due, due + Duration::from_secs(60)),
+            Some(MAX_GRACE)
+        );
+        assert_eq!(starvation_grace(due + late, due), None, "early is on time");
     }
 }
