@@ -257,3 +257,65 @@ async fn sigterm_right_after_listening_still_exits_zero() {
         "{unclean} of 20 processes did not exit 0 after an early SIGTERM (None = killed by the signal): {outcomes:?}"
     );
 }
+
+/// The scheduling policy of the process's `switchyard-control` thread, from
+/// /proc (field 41 of the thread's stat: 0 = SCHED_OTHER, 5 = SCHED_IDLE).
+#[cfg(target_os = "linux")]
+fn control_thread_policy(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "switchyard-cont" {
+            continue; // the kernel keeps 15 bytes of a thread's name
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        // After the name comes field 3, so field 41 is the 39th here.
+        return after_name.split_whitespace().nth(38)?.parse().ok();
+    }
+    None
+}
+
+/// `[admin] priority`: the control plane yields the CPU to the proxy's
+/// workers (SCHED_IDLE) by default, and shares it fairly when told "normal".
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_runs_in_the_background_unless_told_otherwise() {
+    use tokio::io::AsyncBufReadExt;
+
+    for (setting, expected) in [
+        ("", 5),
+        ("priority = \"background\"\n", 5),
+        ("priority = \"normal\"\n", 0),
+    ] {
+        let config = ConfigFile::new(&format!("{}{setting}", base_toml()));
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["serve", "--config", &config.path_str()])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn switchyard");
+        let pid = child.id().expect("pid");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let admin_up = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("admin listening on") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(admin_up, "no `admin listening on` line");
+        assert_eq!(
+            control_thread_policy(pid),
+            Some(expected),
+            "policy of the control thread with {setting:?}"
+        );
+        child.kill().await.expect("kill");
+    }
+}
