@@ -213,33 +213,11 @@ async fn binary_exits_nonzero_on_a_bad_config() {
 /// default action. Repeated because the window is short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_right_after_listening_still_exits_zero() {
-    use tokio::io::AsyncBufReadExt;
-
     let config = ConfigFile::new(&base_toml());
     let mut outcomes = Vec::new();
     for _ in 0..20 {
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["serve", "--config", &config.path_str()])
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn switchyard");
+        let (mut child, mut lines) = serve_until_logged(&config, "proxy listening on").await;
         let pid = child.id().expect("pid").to_string();
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let listening = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("proxy listening on") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .unwrap_or(false);
-        assert!(listening, "no `proxy listening on` line");
         std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
@@ -281,36 +259,14 @@ fn control_thread_policy(pid: u32) -> Option<u32> {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_runs_in_the_background_unless_told_otherwise() {
-    use tokio::io::AsyncBufReadExt;
-
     for (setting, expected) in [
         ("", 5),
         ("priority = \"background\"\n", 5),
         ("priority = \"normal\"\n", 0),
     ] {
         let config = ConfigFile::new(&format!("{}{setting}", base_toml()));
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["serve", "--config", &config.path_str()])
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn switchyard");
+        let (mut child, _log) = serve_until_logged(&config, "admin listening on").await;
         let pid = child.id().expect("pid");
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let admin_up = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("admin listening on") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .unwrap_or(false);
-        assert!(admin_up, "no `admin listening on` line");
         assert_eq!(
             control_thread_policy(pid),
             Some(expected),
@@ -318,4 +274,38 @@ async fn the_control_plane_runs_in_the_background_unless_told_otherwise() {
         );
         child.kill().await.expect("kill");
     }
+}
+
+type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Start `switchyard serve` on `config` and read its log until a line
+/// containing `marker`; the rest of the log is returned unread.
+async fn serve_until_logged(
+    config: &ConfigFile,
+    marker: &str,
+) -> (tokio::process::Child, LogLines) {
+    use tokio::io::AsyncBufReadExt;
+
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--config", &config.path_str()])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn switchyard");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let logged = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(marker) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(logged, "no `{marker}` line");
+    (child, lines)
 }
