@@ -17,7 +17,6 @@
 
 use std::future::Future;
 use std::io;
-use std::thread::JoinHandle;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
@@ -25,12 +24,13 @@ use tokio::sync::oneshot;
 use crate::config::ControlPriority;
 
 /// A running control-plane thread. Dropping it stops the thread's runtime,
-/// cancelling whatever still runs there.
+/// cancelling whatever still runs there. The thread is not joined: dropping
+/// may happen on a runtime thread, which must not block; it ends on its own
+/// once its runtime has shut down.
 #[derive(Debug)]
 pub struct ControlPlane {
     handle: Handle,
     stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl ControlPlane {
@@ -38,7 +38,7 @@ impl ControlPlane {
     pub fn start(priority: ControlPriority) -> io::Result<ControlPlane> {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("switchyard-control".into())
             .spawn(move || {
                 set_priority(priority);
@@ -60,7 +60,6 @@ impl ControlPlane {
         Ok(ControlPlane {
             handle,
             stop: Some(stop),
-            thread: Some(thread),
         })
     }
 
@@ -86,9 +85,6 @@ impl Drop for ControlPlane {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // Not joined: dropping may happen on a runtime thread, which must not
-        // block; the thread ends on its own once its runtime has shut down.
-        drop(self.thread.take());
     }
 }
 
