@@ -3,11 +3,13 @@
 //! any request.
 //!
 //! Persisting is coalesced: the writer wakes on a change, saves the latest
-//! snapshot, then sleeps [`WRITE_INTERVAL`] before looking again, so a burst
-//! of 10,000 registrations is a handful of file writes, not 10,000 fsyncs.
-//! The trade-off: a registration acknowledged less than ~100 ms before a
-//! crash may be lost (its client re-registers when its next heartbeat gets
-//! 404). A clean shutdown calls [`Registry::flush`], which loses nothing.
+//! snapshot, then sleeps [`WRITE_INTERVAL`] (or 10× as long as the save took,
+//! if that is longer) before looking again, so a burst of 10,000
+//! registrations is a handful of file writes, not 10,000 fsyncs, and saving a
+//! large registry never takes more than a tenth of the time. The trade-off: a
+//! registration acknowledged less than that interval before a crash may be
+//! lost (its client re-registers when its next heartbeat gets 404). A clean
+//! shutdown calls [`Registry::flush`], which loses nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,8 @@ use super::{Registry, StoreError};
 pub const JOIN_BATCH: Duration = Duration::from_millis(100);
 /// At most one store write per this interval.
 pub const WRITE_INTERVAL: Duration = Duration::from_millis(100);
+/// Between writes, wait at least this many times as long as the last took.
+const WRITE_PACE: u32 = 10;
 /// After a failed write, wait this long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// An expiry timer that fires this late means the control thread was kept
@@ -91,8 +95,9 @@ impl Registry {
     pub async fn run_writer(self: Arc<Self>) {
         loop {
             self.dirty.notified().await;
+            let started = Instant::now();
             match self.flush().await {
-                Ok(()) => tokio::time::sleep(WRITE_INTERVAL).await,
+                Ok(()) => tokio::time::sleep(write_pause(started.elapsed())).await,
                 Err(e) => {
                     tracing::error!(error = %e, "registry store write failed; retrying");
                     tokio::time::sleep(RETRY_AFTER).await;
@@ -125,6 +130,11 @@ impl Registry {
     }
 }
 
+/// The pause after a save that took `took`.
+fn write_pause(took: Duration) -> Duration {
+    WRITE_INTERVAL.max(took.saturating_mul(WRITE_PACE))
+}
+
 /// How long to wait before expiring leases when a timer due at `due` fired
 /// at `now`: nothing when on time, else as long as it was late (bounded).
 fn starvation_grace(due: Instant, now: Instant) -> Option<Duration> {
@@ -135,6 +145,15 @@ fn starvation_grace(due: Instant, now: Instant) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_saves_are_spaced_out() {
+        assert_eq!(write_pause(Duration::from_millis(1)), WRITE_INTERVAL);
+        assert_eq!(
+            write_pause(Duration::from_millis(30)),
+            Duration::from_millis(300)
+        );
+    }
 
     #[test]
     fn a_late_expiry_waits_as_long_as_it_was_late() {
