@@ -144,9 +144,17 @@ impl App {
             .unwrap_or(self.config.admin.listen)
     }
 
-    /// A handle to trigger reloads (SIGHUP wiring in `main`).
+    /// A handle to trigger reloads.
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()
+    }
+
+    /// Reload the config on every SIGHUP. The listener and the reloads run
+    /// on the control thread, like every other reload, so parsing a config
+    /// and rebuilding the table never take a proxy worker's time.
+    pub fn reload_on_hangup(&self) {
+        self.control
+            .enter(|| crate::shutdown::reload_on_hangup(self.reloader()));
     }
 
     /// Serve until `shutdown` resolves, then drain and return.

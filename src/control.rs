@@ -1,5 +1,5 @@
-//! The control plane's thread: the admin API, the registry's tasks, table
-//! rebuilds and the sweepers run here, on a runtime of their own, so that a
+//! The control plane's thread: the admin API, the registry's tasks, config
+//! reloads, table rebuilds and the sweepers run here, on a runtime of their own, so that a
 //! burst of registrations, a large `/metrics` scrape or a rebuild of a
 //! 10,000-backend table never holds up a proxy worker. (Envoy splits its
 //! main thread from its workers for the same reason.)

@@ -145,7 +145,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    switchyard::shutdown::reload_on_hangup(app.reloader());
+    app.reload_on_hangup();
     match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
