@@ -282,6 +282,71 @@ async fn tls_server_name_overrides_the_verified_name() {
     assert_eq!(resp.status, 502);
 }
 
+/// A health-checked https service: its backends take traffic only once a
+/// check has passed, so a 200 through the proxy shows the check spoke TLS.
+fn checked_https_service(address: &str, tls: &str) -> String {
+    https_service(
+        address,
+        &format!(
+            "{tls}\n[services.secure.health_check]\npath = \"/health\"\ninterval = \"100ms\"\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn https_backends_are_health_checked_over_tls() {
+    let (ca, cert, key) = pki(&["localhost"]);
+    // h2 offered too: the check must still get HTTP/1.1 (it offers only that).
+    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let address = format!("localhost:{}", backend.addr.port());
+    let toml = base_toml() + &checked_https_service(&address, "tls_ca = \"ca.pem\"");
+    let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
+    eventually(
+        Duration::from_secs(5),
+        "the backend to pass its TLS check",
+        || async { get(app.proxy, "/secure/x").await.status == 200 },
+    )
+    .await;
+    assert!(
+        backend.seen.connections.load(Ordering::SeqCst) >= 2,
+        "the check and the request each made a TLS connection"
+    );
+    assert!(backend
+        .sni()
+        .iter()
+        .all(|sni| sni.as_deref() == Some("localhost")));
+}
+
+#[tokio::test]
+async fn an_https_backend_failing_verification_fails_its_checks() {
+    let (ca, cert, key) = pki(&["backend.internal"]);
+    let backend = TlsBackend::start(&cert, &key, &[b"http/1.1"]).await;
+    // Verified as 127.0.0.1, which the certificate does not name.
+    let address = backend.addr.to_string();
+    let toml = base_toml() + &checked_https_service(&address, "tls_ca = \"ca.pem\"");
+    let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
+    // Several check intervals: every check fails its handshake.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let resp = get(app.proxy, "/secure/x").await;
+    assert_eq!(
+        resp.status, 503,
+        "an unverified backend never passed a check"
+    );
+    // The same backend under its certificate's name passes.
+    let named = base_toml()
+        + &checked_https_service(
+            &address,
+            "tls_ca = \"ca.pem\"\ntls_server_name = \"backend.internal\"",
+        );
+    let app = start_with_files(&named, &[("ca.pem", &ca)]).await;
+    eventually(
+        Duration::from_secs(5),
+        "the named backend to pass",
+        || async { get(app.proxy, "/secure/x").await.status == 200 },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn h2c_backend_gets_http2() {
     let (addr, task) = start_h2c_backend().await;

@@ -1,5 +1,9 @@
 //! The HTTP probe (`kind = "http"`, the default): `GET path` over HTTP/1.1;
-//! a status inside `expect_status` passes.
+//! a status inside `expect_status` passes. For a `protocol = "https"` service
+//! the check speaks TLS as the service's requests do: the same trust roots
+//! (`tls_ca` plus the webpki roots), the same verified name and SNI (the
+//! backend's host, or `tls_server_name`), with ALPN offering only
+//! `http/1.1`.
 //!
 //! Checks never use the proxy's pool, so they never compete with requests for
 //! connections. The connection of a passing check is kept for the next one
@@ -20,7 +24,7 @@
 //! mid-way fails the check.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,10 +34,15 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use super::{Probe, ProbeError};
-use crate::config::HealthCheckConfig;
+use crate::config::{HealthCheckConfig, UpstreamTls};
+use crate::tls::TlsError;
 
 /// At most this many body bytes are read per check.
 pub const BODY_CAP: usize = 64 * 1024;
@@ -56,6 +65,53 @@ pub struct HttpProbe {
     /// checker uses it, one check at a time; the lock is never held across
     /// an await.
     kept: Mutex<Option<Conn>>,
+    /// Set for the backends of an `https` service (boxed: most probes are
+    /// plain, and every checker holds its probe).
+    tls: Option<Box<ProbeTls>>,
+}
+
+/// How the checks of an `https` service's backend speak TLS.
+#[derive(Clone)]
+pub struct ProbeTls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for ProbeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeTls")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ProbeTls {
+    /// Checks verified against `client` (see [`client_config`]) for the
+    /// backend named `host` (its host as written), or for the service's
+    /// `tls_server_name` when set.
+    pub fn new(
+        client: Arc<ClientConfig>,
+        settings: &UpstreamTls,
+        host: &str,
+    ) -> Result<ProbeTls, ProbeError> {
+        let name = settings.server_name.as_deref().unwrap_or(host);
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|_| ProbeError::ServerName(name.to_owned()))?;
+        Ok(ProbeTls {
+            connector: TlsConnector::from(client),
+            name,
+        })
+    }
+}
+
+/// The TLS client settings for the checks of an `https` service: its trust
+/// roots, ALPN `http/1.1` only (the probe speaks HTTP/1.1). Built once per
+/// distinct setting and shared by that service's probes.
+pub fn client_config(settings: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
+    let extra_roots = settings.ca.as_ref().map_or(&[][..], |ca| &ca.certs[..]);
+    let mut config = crate::tls::client_config(extra_roots)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// An open check connection; dropping it aborts its driver, closing the socket.
@@ -73,8 +129,13 @@ impl Drop for Conn {
 
 impl HttpProbe {
     /// A probe for `config`, sending `Host: config.host` or, when unset,
-    /// `Host: backend_address` (the backend's `host:port` as declared).
-    pub fn new(config: &HealthCheckConfig, backend_address: &str) -> Result<HttpProbe, ProbeError> {
+    /// `Host: backend_address` (the backend's `host:port` as declared); over
+    /// TLS when `tls` is set.
+    pub fn new(
+        config: &HealthCheckConfig,
+        backend_address: &str,
+        tls: Option<ProbeTls>,
+    ) -> Result<HttpProbe, ProbeError> {
         let uri = Uri::try_from(encode_path(&config.path)).map_err(ProbeError::Uri)?;
         let host = config.host.as_deref().unwrap_or(backend_address);
         let host = HeaderValue::from_str(host).map_err(ProbeError::Host)?;
@@ -84,6 +145,7 @@ impl HttpProbe {
             timeout: config.timeout,
             expect: config.expect_status,
             kept: Mutex::new(None),
+            tls: tls.map(Box::new),
         })
     }
 
@@ -120,7 +182,7 @@ impl HttpProbe {
                 other => return other,
             }
         }
-        let conn = connect(addr).await?;
+        let conn = connect(addr, self.tls.as_deref()).await?;
         self.exchange(conn).await
     }
 
@@ -163,12 +225,28 @@ impl Probe for HttpProbe {
     }
 }
 
-/// A fresh connection with its driver task.
-async fn connect(addr: SocketAddr) -> Result<Conn, ProbeError> {
+/// A fresh connection (TLS when `tls` is set) with its driver task.
+async fn connect(addr: SocketAddr, tls: Option<&ProbeTls>) -> Result<Conn, ProbeError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(ProbeError::Connect)?;
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return handshake(stream).await;
+    };
+    let stream = tls
+        .connector
+        .connect(tls.name.clone(), stream)
+        .await
+        .map_err(ProbeError::Tls)?;
+    handshake(stream).await
+}
+
+/// HTTP/1.1 on `stream`, its connection driven by a task of its own.
+async fn handshake<S>(stream: S) -> Result<Conn, ProbeError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
         .handshake(TokioIo::new(stream))
@@ -269,14 +347,14 @@ mod tests {
 
     async fn probe(reply: Option<&'static [u8]>, expect: (u16, u16)) -> Result<(), ProbeError> {
         let (addr, _task) = serve_once(reply).await;
-        let probe = HttpProbe::new(&config(expect), &addr.to_string()).expect("valid probe");
+        let probe = HttpProbe::new(&config(expect), &addr.to_string(), None).expect("valid probe");
         probe.probe(addr).await
     }
 
     #[tokio::test]
     async fn a_status_in_range_passes_and_the_request_is_a_plain_get() {
         let (addr, task) = serve_once(Some(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
-        let probe = HttpProbe::new(&config((200, 299)), "backend.test:81").expect("probe");
+        let probe = HttpProbe::new(&config((200, 299)), "backend.test:81", None).expect("probe");
         probe.probe(addr).await.expect("passes");
         let head = task.await.expect("server");
         assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
@@ -366,7 +444,7 @@ mod tests {
     #[tokio::test]
     async fn a_passing_check_keeps_its_connection_for_the_next() {
         let (addr, accepts) = serve_keepalive(None).await;
-        let probe = HttpProbe::new(&config((200, 299)), "b:1").expect("probe");
+        let probe = HttpProbe::new(&config((200, 299)), "b:1", None).expect("probe");
         for _ in 0..3 {
             probe.probe(addr).await.expect("passes");
         }
@@ -376,7 +454,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_connection_the_backend_closed_is_replaced_not_failed() {
         let (addr, accepts) = serve_keepalive(Some(Duration::from_millis(20))).await;
-        let probe = HttpProbe::new(&config((200, 299)), "b:1").expect("probe");
+        let probe = HttpProbe::new(&config((200, 299)), "b:1", None).expect("probe");
         probe.probe(addr).await.expect("first passes");
         tokio::time::sleep(Duration::from_millis(100)).await;
         probe
@@ -390,7 +468,7 @@ mod tests {
     async fn a_failed_check_drops_its_connection() {
         let (addr, accepts) = serve_keepalive(None).await;
         // 200 is outside 500-599 here: every check fails.
-        let probe = HttpProbe::new(&config((500, 599)), "b:1").expect("probe");
+        let probe = HttpProbe::new(&config((500, 599)), "b:1", None).expect("probe");
         for _ in 0..2 {
             assert!(probe.probe(addr).await.is_err());
         }
@@ -403,6 +481,6 @@ mod tests {
         assert_eq!(encode_path("/a{b}\"é"), "/a%7Bb%7D%22%C3%A9");
         let mut c = config((200, 399));
         c.path = "/ré{x}".into();
-        assert!(HttpProbe::new(&c, "127.0.0.1:1").is_ok());
+        assert!(HttpProbe::new(&c, "127.0.0.1:1", None).is_ok());
     }
 }

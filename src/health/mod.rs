@@ -26,12 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{Backend, Health};
-use crate::config::{HealthCheckConfig, HealthCheckKind};
+use crate::config::{HealthCheckConfig, HealthCheckKind, UpstreamProtocol, UpstreamTls};
 use crate::metrics::Metrics;
 use crate::table::{Publisher, Table};
 
 use checker::{CheckCounters, Checker, Grid, Start};
-pub use http::HttpProbe;
+pub use http::{HttpProbe, ProbeTls};
 pub use tcp::TcpProbe;
 
 /// How often the supervisor looks for a new table. Registered instances must
@@ -59,6 +59,12 @@ pub enum ProbeError {
     Uri(#[source] ::http::uri::InvalidUri),
     #[error("health check Host header cannot be sent")]
     Host(#[source] ::http::header::InvalidHeaderValue),
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    #[error("{0} is no valid TLS server name")]
+    ServerName(String),
+    #[error("TLS settings unusable")]
+    TlsSettings(#[source] Arc<crate::tls::TlsError>),
 }
 
 /// The probe a service's config asks for.
@@ -69,9 +75,14 @@ pub enum AnyProbe {
 }
 
 impl AnyProbe {
-    pub fn new(config: &HealthCheckConfig, backend: &Backend) -> Result<AnyProbe, ProbeError> {
+    /// `tls`: set for the backends of an `https` service (used by HTTP checks).
+    pub fn new(
+        config: &HealthCheckConfig,
+        backend: &Backend,
+        tls: Option<ProbeTls>,
+    ) -> Result<AnyProbe, ProbeError> {
         Ok(match config.kind {
-            HealthCheckKind::Http => AnyProbe::Http(HttpProbe::new(config, &backend.address)?),
+            HealthCheckKind::Http => AnyProbe::Http(HttpProbe::new(config, &backend.address, tls)?),
             HealthCheckKind::Tcp => AnyProbe::Tcp(TcpProbe::new(config.timeout)),
         })
     }
@@ -96,6 +107,8 @@ struct Running {
     /// address now resolves elsewhere) is a new backend.
     backend: Arc<Backend>,
     config: HealthCheckConfig,
+    /// The service's TLS settings when it is `https`.
+    tls: Option<UpstreamTls>,
     task: tokio::task::JoinHandle<()>,
     /// The reconcile pass that last saw it in the table.
     seen: u64,
@@ -117,7 +130,12 @@ pub struct Supervisor {
     pass: u64,
     /// Shared by all checkers, so that their checks bunch into few wake-ups.
     grid: Grid,
+    /// TLS client settings per distinct `https` service setting: building
+    /// one parses the root store, too costly per backend.
+    tls_clients: HashMap<UpstreamTls, TlsClient>,
 }
+
+type TlsClient = Result<Arc<rustls::ClientConfig>, Arc<crate::tls::TlsError>>;
 
 impl Supervisor {
     pub fn new(publisher: Arc<Publisher>, metrics: Metrics) -> Supervisor {
@@ -127,6 +145,7 @@ impl Supervisor {
             running: HashMap::new(),
             pass: 0,
             grid: Grid::new(),
+            tls_clients: HashMap::new(),
         }
     }
 
@@ -156,11 +175,13 @@ impl Supervisor {
     pub fn reconcile(&mut self, table: &Table) {
         self.pass += 1;
         for service in &table.services {
-            let Some(config) = &service.settings.health_check else {
+            let settings = &service.settings;
+            let Some(config) = &settings.health_check else {
                 continue;
             };
+            let tls = (settings.protocol == UpstreamProtocol::Https).then_some(&settings.tls);
             for backend in service.backends.iter().filter(|b| !b.is_draining()) {
-                self.ensure(backend, config);
+                self.ensure(backend, config, tls);
             }
         }
         // The rest left the table, started draining or lost their checks;
@@ -168,13 +189,27 @@ impl Supervisor {
         // publisher itself marks the backends healthy again.)
         let pass = self.pass;
         self.running.retain(|_, r| r.seen == pass);
+        // TLS settings no running checker uses any more (a reload changed them).
+        let running = &self.running;
+        self.tls_clients
+            .retain(|settings, _| running.values().any(|r| r.tls.as_ref() == Some(settings)));
     }
 
-    /// Make sure `backend` has a checker running `config`.
-    fn ensure(&mut self, backend: &Arc<Backend>, config: &HealthCheckConfig) {
+    /// Make sure `backend` has a checker running `config` (over TLS with
+    /// `tls`, the settings of an `https` service).
+    fn ensure(
+        &mut self,
+        backend: &Arc<Backend>,
+        config: &HealthCheckConfig,
+        tls: Option<&UpstreamTls>,
+    ) {
         let key = (Arc::clone(&backend.service), Arc::clone(&backend.id));
         let start = match self.running.get_mut(&key) {
-            Some(r) if Arc::ptr_eq(&r.backend, backend) && r.config == *config => {
+            Some(r)
+                if Arc::ptr_eq(&r.backend, backend)
+                    && r.config == *config
+                    && r.tls.as_ref() == tls =>
+            {
                 r.seen = self.pass;
                 return;
             }
@@ -189,10 +224,11 @@ impl Supervisor {
         };
         // Dropping the old entry aborts its task before the new one starts.
         self.running.remove(&key);
-        if let Some(task) = self.spawn(backend, config, start) {
+        if let Some(task) = self.spawn(backend, config, tls, start) {
             let running = Running {
                 backend: Arc::clone(backend),
                 config: config.clone(),
+                tls: tls.cloned(),
                 task,
                 seen: self.pass,
             };
@@ -201,12 +237,16 @@ impl Supervisor {
     }
 
     fn spawn(
-        &self,
+        &mut self,
         backend: &Arc<Backend>,
         config: &HealthCheckConfig,
+        tls: Option<&UpstreamTls>,
         start: Start,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let probe = match AnyProbe::new(config, backend) {
+        let probe = self
+            .probe_tls(backend, config, tls)
+            .and_then(|tls| AnyProbe::new(config, backend, tls));
+        let probe = match probe {
             Ok(probe) => probe,
             Err(e) => {
                 let (service, backend) = (&*backend.service, &*backend.address);
@@ -226,6 +266,26 @@ impl Supervisor {
             grid: self.grid,
         };
         Some(tokio::spawn(checker.run(start)))
+    }
+
+    /// The TLS side of `backend`'s HTTP checks, for an `https` service.
+    fn probe_tls(
+        &mut self,
+        backend: &Backend,
+        config: &HealthCheckConfig,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<Option<ProbeTls>, ProbeError> {
+        let Some(settings) = tls.filter(|_| config.kind == HealthCheckKind::Http) else {
+            return Ok(None);
+        };
+        let client = self
+            .tls_clients
+            .entry(settings.clone())
+            .or_insert_with(|| http::client_config(settings).map_err(Arc::new))
+            .clone()
+            .map_err(ProbeError::TlsSettings)?;
+        let host = backend.named_authority.host();
+        ProbeTls::new(client, settings, host).map(Some)
     }
 
     fn counters(&self, backend: &Backend) -> CheckCounters {
