@@ -245,11 +245,8 @@ fn rows<'a>(service: Option<&'a Service>, name: &str, snapshot: &'a Snapshot) ->
     let mut pending = registered.iter().peekable();
     let mut last_id: Option<&str> = None;
     for backend in backends {
-        if backend.source == Source::Config || backend.is_draining() {
-            rows.push(Row::Live {
-                backend,
-                registered: None,
-            });
+        if let Some(row) = unregistered(backend) {
+            rows.push(row);
             continue;
         }
         if last_id.is_some_and(|last| last > &*backend.id) {
@@ -268,6 +265,15 @@ fn rows<'a>(service: Option<&'a Service>, name: &str, snapshot: &'a Snapshot) ->
     }
     rows.extend(pending.map(Row::Pending));
     rows
+}
+
+/// The row of a backend no registration stands behind: a configured one,
+/// or one draining (it left the registry, or a reload removed it).
+fn unregistered(backend: &Arc<Backend>) -> Option<Row<'_>> {
+    (backend.source == Source::Config || backend.is_draining()).then_some(Row::Live {
+        backend,
+        registered: None,
+    })
 }
 
 /// A registered backend's row given its registry record (if the id is still
@@ -292,11 +298,8 @@ fn rows_by_search<'a>(
     let mut matched = vec![false; registered.len()];
     let mut rows = Vec::with_capacity(backends.len());
     for backend in backends {
-        if backend.source == Source::Config || backend.is_draining() {
-            rows.push(Row::Live {
-                backend,
-                registered: None,
-            });
+        if let Some(row) = unregistered(backend) {
+            rows.push(row);
             continue;
         }
         let found = registered

@@ -23,9 +23,8 @@ impl LeastConn {
     pub fn new(next: Arc<AtomicUsize>) -> LeastConn {
         LeastConn { next }
     }
-}
 
-impl LeastConn {
+    /// The shared position, for the balancer that replaces this one.
     pub fn cursor(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.next)
     }

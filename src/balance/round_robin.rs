@@ -34,9 +34,8 @@ impl RoundRobin {
             next,
         }
     }
-}
 
-impl RoundRobin {
+    /// The shared position, for the balancer that replaces this one.
     pub fn cursor(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.next)
     }

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{Backend, Health};
-use crate::config::{HealthCheckConfig, HealthCheckKind, UpstreamProtocol, UpstreamTls};
+use crate::config::{
+    HealthCheckConfig, HealthCheckKind, ServiceConfig, UpstreamProtocol, UpstreamTls,
+};
 use crate::metrics::Metrics;
 use crate::table::{Publisher, Table};
 
@@ -106,9 +108,8 @@ struct Running {
     /// The backend it checks; a different `Arc` under the same key (the
     /// address now resolves elsewhere) is a new backend.
     backend: Arc<Backend>,
-    config: HealthCheckConfig,
-    /// The service's TLS settings when it is `https`.
-    tls: Option<UpstreamTls>,
+    /// The settings it was started with (shared with the table, not copied).
+    settings: Arc<ServiceConfig>,
     task: tokio::task::JoinHandle<()>,
     /// The reconcile pass that last saw it in the table.
     seen: u64,
@@ -174,14 +175,14 @@ impl Supervisor {
     /// Start, restart and stop checkers so that they match `table`.
     pub fn reconcile(&mut self, table: &Table) {
         self.pass += 1;
+        let mut tls_in_use = Vec::new();
         for service in &table.services {
-            let settings = &service.settings;
-            let Some(config) = &settings.health_check else {
+            let Some((_, tls)) = checks(&service.settings) else {
                 continue;
             };
-            let tls = (settings.protocol == UpstreamProtocol::Https).then_some(&settings.tls);
+            tls_in_use.extend(tls);
             for backend in service.backends.iter().filter(|b| !b.is_draining()) {
-                self.ensure(backend, config, tls);
+                self.ensure(backend, &service.settings);
             }
         }
         // The rest left the table, started draining or lost their checks;
@@ -189,26 +190,22 @@ impl Supervisor {
         // publisher itself marks the backends healthy again.)
         let pass = self.pass;
         self.running.retain(|_, r| r.seen == pass);
-        // TLS settings no running checker uses any more (a reload changed them).
-        let running = &self.running;
+        // TLS settings no service uses any more (a reload changed them).
         self.tls_clients
-            .retain(|settings, _| running.values().any(|r| r.tls.as_ref() == Some(settings)));
+            .retain(|settings, _| tls_in_use.contains(&settings));
     }
 
-    /// Make sure `backend` has a checker running `config` (over TLS with
-    /// `tls`, the settings of an `https` service).
-    fn ensure(
-        &mut self,
-        backend: &Arc<Backend>,
-        config: &HealthCheckConfig,
-        tls: Option<&UpstreamTls>,
-    ) {
+    /// Make sure `backend` has a checker running the checks `settings` asks for.
+    fn ensure(&mut self, backend: &Arc<Backend>, settings: &Arc<ServiceConfig>) {
+        let Some((config, tls)) = checks(settings) else {
+            return;
+        };
         let key = (Arc::clone(&backend.service), Arc::clone(&backend.id));
         let start = match self.running.get_mut(&key) {
             Some(r)
                 if Arc::ptr_eq(&r.backend, backend)
-                    && r.config == *config
-                    && r.tls.as_ref() == tls =>
+                    && (Arc::ptr_eq(&r.settings, settings)
+                        || checks(&r.settings) == Some((config, tls))) =>
             {
                 r.seen = self.pass;
                 return;
@@ -227,8 +224,7 @@ impl Supervisor {
         if let Some(task) = self.spawn(backend, config, tls, start) {
             let running = Running {
                 backend: Arc::clone(backend),
-                config: config.clone(),
-                tls: tls.cloned(),
+                settings: Arc::clone(settings),
                 task,
                 seen: self.pass,
             };
@@ -244,7 +240,7 @@ impl Supervisor {
         start: Start,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let probe = self
-            .probe_tls(backend, config, tls)
+            .probe_tls(backend, tls)
             .and_then(|tls| AnyProbe::new(config, backend, tls));
         let probe = match probe {
             Ok(probe) => probe,
@@ -272,10 +268,9 @@ impl Supervisor {
     fn probe_tls(
         &mut self,
         backend: &Backend,
-        config: &HealthCheckConfig,
         tls: Option<&UpstreamTls>,
     ) -> Result<Option<ProbeTls>, ProbeError> {
-        let Some(settings) = tls.filter(|_| config.kind == HealthCheckKind::Http) else {
+        let Some(settings) = tls else {
             return Ok(None);
         };
         let client = self
@@ -301,6 +296,14 @@ impl Supervisor {
             failure: handle("failure"),
         }
     }
+}
+
+/// The checks `settings` asks for: the check, and the TLS settings its
+/// probes speak (HTTP checks of an `https` service).
+fn checks(settings: &ServiceConfig) -> Option<(&HealthCheckConfig, Option<&UpstreamTls>)> {
+    let check = settings.health_check.as_ref()?;
+    let tls = settings.protocol == UpstreamProtocol::Https && check.kind == HealthCheckKind::Http;
+    Some((check, tls.then_some(&settings.tls)))
 }
 
 /// Start the supervisor as a task; aborting the handle stops every checker.
