@@ -268,9 +268,9 @@ impl App {
             builder: Arc::clone(&self.http_builder),
             make_service: move |peer| ProxyService::new(Arc::clone(&proxy), peer),
             permits: Arc::clone(permits),
-            connections_open: self.metrics.connections_open(&addr.to_string()),
+            metrics: self.metrics.listener(&addr.to_string()),
             timeouts: ConnTimeouts {
-                first_byte: cfg.header_read_timeout,
+                header_read: cfg.header_read_timeout,
                 idle: cfg.idle_timeout,
             },
             shutdown: stopped.clone(),
@@ -299,9 +299,9 @@ impl App {
             builder,
             make_service: move |_peer| AdminService::new(Arc::clone(&state)),
             permits: Arc::clone(permits),
-            connections_open: self.metrics.connections_open(&addr.to_string()),
+            metrics: self.metrics.listener(&addr.to_string()),
             timeouts: ConnTimeouts {
-                first_byte: self.config.proxy.header_read_timeout,
+                header_read: self.config.proxy.header_read_timeout,
                 idle: self.config.proxy.idle_timeout,
             },
             shutdown: stopped,

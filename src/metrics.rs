@@ -35,7 +35,24 @@ pub struct Metrics {
     ejections: IntCounterVec,
     pub registry_instances: IntGaugeVec,
     connections_open: IntGaugeVec,
+    connections_closed: IntCounterVec,
+    connections_cut: IntCounterVec,
     config_reloads: IntCounterVec,
+}
+
+/// One listener's connection handles, resolved when it starts.
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    pub open: IntGauge,
+    /// Closed by Switchyard: no request in flight for `idle_timeout`.
+    pub closed_idle: IntCounter,
+    /// Closed by Switchyard: no complete request head (or no byte at all)
+    /// within `header_read_timeout`.
+    pub closed_header_read: IntCounter,
+    /// Closed by Switchyard: TLS handshake not done within `header_read_timeout`.
+    pub closed_handshake: IntCounter,
+    /// Dropped with requests still unanswered (only at the end of a drain).
+    pub cut: IntCounter,
 }
 
 /// A service's handles, shared by every table that holds the service.
@@ -136,6 +153,16 @@ impl Metrics {
                 "Open client connections, by listener.",
                 &["listener"],
             ),
+            connections_closed: counter_vec(
+                "switchyard_connections_closed_total",
+                "Client connections Switchyard closed on a timer, by listener and reason.",
+                &["listener", "reason"],
+            ),
+            connections_cut: counter_vec(
+                "switchyard_connections_cut_total",
+                "Client connections dropped with requests still unanswered, by listener.",
+                &["listener"],
+            ),
             config_reloads: counter_vec(
                 "switchyard_config_reloads_total",
                 "Config reloads, by result.",
@@ -177,6 +204,8 @@ impl Metrics {
             Box::new(self.ejections.clone()),
             Box::new(self.registry_instances.clone()),
             Box::new(self.connections_open.clone()),
+            Box::new(self.connections_closed.clone()),
+            Box::new(self.connections_cut.clone()),
             Box::new(self.config_reloads.clone()),
         ];
         list.into_iter()
@@ -233,8 +262,19 @@ impl Metrics {
         }
     }
 
-    pub fn connections_open(&self, listener: &str) -> IntGauge {
-        self.connections_open.with_label_values(&[listener])
+    /// A listener's handles; every series exists from the start at 0.
+    pub fn listener(&self, listener: &str) -> Arc<ListenerMetrics> {
+        let closed = |reason: &str| {
+            self.connections_closed
+                .with_label_values(&[listener, reason])
+        };
+        Arc::new(ListenerMetrics {
+            open: self.connections_open.with_label_values(&[listener]),
+            closed_idle: closed("idle_timeout"),
+            closed_header_read: closed("header_read_timeout"),
+            closed_handshake: closed("handshake_timeout"),
+            cut: self.connections_cut.with_label_values(&[listener]),
+        })
     }
 
     pub fn count_reload(&self, ok: bool) {

@@ -145,6 +145,17 @@ impl RequestFraming {
         self.state == State::Done
     }
 
+    /// Whether it is inside a request head: past the first byte of a request
+    /// line and before the empty line that ends the head. The listener times
+    /// `header_read_timeout` from the moment this becomes true.
+    pub fn in_head(&self) -> bool {
+        use State::*;
+        matches!(
+            self.state,
+            Method | Target | Version | VersionCr | LineStart | HeadCr | Name | Value | SkipLine
+        )
+    }
+
     /// Inspect the next bytes the client sent, in order. In a request head
     /// carrying both a `Content-Length` and a `Transfer-Encoding` line, turn
     /// the `:` of the second of them into a space so that hyper rejects the
@@ -652,5 +663,26 @@ mod tests {
         let mut attack = CL_TE.as_bytes().to_vec();
         assert!(framing.scan(&mut attack));
         assert!(!framing.is_done());
+    }
+
+    #[test]
+    fn in_head_spans_request_line_to_empty_line() {
+        let mut framing = RequestFraming::new();
+        assert!(!framing.in_head());
+        framing.scan(&mut b"\r\n".to_vec());
+        assert!(
+            !framing.in_head(),
+            "empty lines before a request are not a head"
+        );
+        framing.scan(&mut b"G".to_vec());
+        assert!(framing.in_head());
+        framing.scan(&mut b"ET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n".to_vec());
+        assert!(framing.in_head());
+        framing.scan(&mut b"\r\n".to_vec());
+        assert!(!framing.in_head(), "the body is not part of the head");
+        framing.scan(&mut b"ok".to_vec());
+        assert!(!framing.in_head(), "between requests");
+        framing.scan(&mut b"P".to_vec());
+        assert!(framing.in_head(), "the second request's head");
     }
 }

@@ -1,0 +1,153 @@
+//! Accept loops and client connections, for any hyper service.
+//!
+//! A listener takes a connection permit *before* accepting, so at
+//! `max_connections` new connections wait in the kernel's backlog rather than
+//! being accepted and starved. Each connection is served by hyper-util's auto
+//! builder (HTTP/1.1 with upgrades, or h2c by prior knowledge) inside a task
+//! of its own (`connection`) that enforces `header_read_timeout` and
+//! `idle_timeout` with one lazily moved timer (`clock`), counting requests in
+//! flight from the service's call to the end of the response body
+//! (`in_flight`). Accept errors (EMFILE...) back off and never end the loop.
+//! This module knows no route.
+//!
+//! On TLS listeners the handshake runs inside the connection's own task,
+//! bounded by `header_read_timeout`, so a slow or silent client never holds up
+//! the accept loop; the decrypted stream is then served exactly like a plain
+//! one (ALPN `h2` or an h2 preface → HTTP/2).
+
+mod clock;
+mod connection;
+mod in_flight;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+pub use clock::ConnTimeouts;
+use connection::Connection;
+
+use crate::config::ProxyConfig;
+use crate::metrics::ListenerMetrics;
+
+/// The hyper connection builder for client connections, from `[proxy]`.
+pub fn http_builder(cfg: &ProxyConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // Not hyper's: its timer starts when a connection goes idle, not at a
+        // head's first byte, so it would close idle keep-alive connections
+        // after header_read_timeout. The connection task times heads itself.
+        .header_read_timeout(None)
+        // hyper's floor is 8 KiB; the head must fit in this buffer, else 431.
+        .max_buf_size(cfg.max_header_bytes.max(crate::proxy::HYPER_MIN_BUF))
+        .max_headers(cfg.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
+}
+
+/// Everything an accept loop needs besides the socket.
+pub struct Listener<M> {
+    pub socket: TcpListener,
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Makes the service of one connection from the peer's address.
+    pub make_service: M,
+    pub permits: Arc<Semaphore>,
+    /// The listener's connection gauge and close counters.
+    pub metrics: Arc<ListenerMetrics>,
+    pub timeouts: ConnTimeouts,
+    pub shutdown: watch::Receiver<bool>,
+    /// `Some` on `[[proxy.tls]]` listeners: every connection is TLS.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl<M, S, B> Listener<M>
+where
+    M: Fn(SocketAddr) -> S + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Accept until shutdown; the socket closes when this returns.
+    pub async fn run(mut self) {
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = self.shutdown.changed() => return,
+            };
+            let accepted = tokio::select! {
+                accepted = self.socket.accept() => accepted,
+                _ = self.shutdown.changed() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.spawn_connection(stream, peer, permit),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            service: (self.make_service)(peer),
+            builder: Arc::clone(&self.builder),
+            timeouts: self.timeouts,
+            shutdown: self.shutdown.clone(),
+            open: connection::OpenGauge::new(&self.metrics),
+            metrics: Arc::clone(&self.metrics),
+            permit,
+        };
+        match &self.tls {
+            None => tokio::spawn(conn.serve(stream)),
+            Some(acceptor) => tokio::spawn(conn.serve_tls(acceptor.clone(), stream)),
+        };
+    }
+}
+
+/// Wait until every connection of a listener group has returned its permit,
+/// or `timeout` passes. Returns whether all drained.
+pub async fn drained(permits: &Semaphore, total: usize, timeout: Duration) -> bool {
+    let all = u32::try_from(total).unwrap_or(u32::MAX);
+    tokio::time::timeout(timeout, permits.acquire_many(all))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Bind a TCP listener with a deep backlog and SO_REUSEADDR.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
