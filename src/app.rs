@@ -22,7 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{AdminService, AdminState};
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::control::ControlPlane;
 use crate::listener::{self, ConnTimeouts, Listener};
 use crate::metrics::Metrics;
@@ -52,6 +52,10 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("cannot start the control-plane thread: {0}")]
     Control(#[source] io::Error),
+    /// Cluster mode: etcd did not answer within `dial_timeout` (the message
+    /// names the endpoints).
+    #[error("cannot load the registry from etcd: {0}")]
+    Etcd(#[from] crate::registry::EtcdError),
 }
 
 /// A bound, not yet serving, Switchyard.
@@ -71,6 +75,8 @@ pub struct App {
     ready: Arc<AtomicBool>,
     /// Admin API, registry tasks, rebuilds: off the proxy's workers.
     control: ControlPlane,
+    /// Cluster mode: the etcd revision the registry was loaded at.
+    follow_from: Option<i64>,
 }
 
 impl App {
@@ -93,7 +99,8 @@ impl App {
             .map(|t| Ok((bind(t.listen)?, tls::server_config(t)?)))
             .collect::<Result<Vec<_>, StartError>>()?;
         let admin_socket = bind(config.admin.listen)?;
-        let registry = open_registry(&config, &proxy_sockets, &tls_sockets, &admin_socket)?;
+        let (registry, follow_from) =
+            open_registry(&config, &proxy_sockets, &tls_sockets, &admin_socket).await?;
         let http_builder = Arc::new(listener::http_builder(&config.proxy));
         let metrics = Metrics::new();
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
@@ -105,6 +112,7 @@ impl App {
                 publisher.nudge();
             }
         });
+        registry.set_routing_hook(RoutingToTable(Arc::downgrade(&publisher)));
         let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone());
         let control = ControlPlane::start(config.admin.priority).map_err(StartError::Control)?;
         Ok(App {
@@ -119,6 +127,7 @@ impl App {
             admin_socket,
             ready: Arc::new(AtomicBool::new(false)),
             control,
+            follow_from,
         })
     }
 
@@ -209,12 +218,22 @@ impl App {
     /// Lease expiry, join notifications, the store writer, the drain sweeper.
     fn spawn_registry_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let control = &self.control;
-        vec![
-            control.spawn(Arc::clone(&self.registry).run_expiry()),
-            control.spawn(Arc::clone(&self.registry).run_notifier()),
-            control.spawn(Arc::clone(&self.registry).run_writer()),
+        let registry = &self.registry;
+        let mut tasks = vec![
+            control.spawn(Arc::clone(registry).run_expiry()),
+            control.spawn(Arc::clone(registry).run_notifier()),
             control.spawn(Arc::clone(&self.publisher).run_drain_sweeper()),
-        ]
+        ];
+        match self.follow_from {
+            // etcd took every write before it was answered: nothing to save.
+            Some(revision) => {
+                tasks.push(control.spawn(
+                    Arc::clone(registry).run_follower(self.config.registry.clone(), revision),
+                ))
+            }
+            None => tasks.push(control.spawn(Arc::clone(registry).run_writer())),
+        }
+        tasks
     }
 
     /// Moves the proxy sockets, plain and TLS, into their accept loops: when
@@ -312,13 +331,14 @@ impl App {
 }
 
 /// The registry, loaded from its store, told every address Switchyard listens
-/// on (those are never registrable: a backend there would be a loop).
-fn open_registry(
+/// on (those are never registrable: a backend there would be a loop); in
+/// cluster mode also the etcd revision to follow from.
+async fn open_registry(
     config: &Config,
     proxy: &[TcpListener],
     tls: &[(TcpListener, Arc<ServerConfig>)],
     admin: &TcpListener,
-) -> Result<Arc<Registry>, StartError> {
+) -> Result<(Arc<Registry>, Option<i64>), StartError> {
     let mut own: Vec<SocketAddr> = proxy
         .iter()
         .chain(tls.iter().map(|(s, _)| s))
@@ -326,8 +346,34 @@ fn open_registry(
         .filter_map(|s| s.local_addr().ok())
         .collect();
     own.extend(config.proxy.tls.iter().map(|t| t.listen));
+    if let StoreConfig::Etcd(etcd) = &config.registry.store {
+        let store = registry::EtcdStore::connect(etcd).await?;
+        let (registry, revision) = Registry::open_cluster(store, &config.registry, own).await?;
+        return Ok((Arc::new(registry), Some(revision)));
+    }
     let store = registry::store::from_config(&config.registry.store)?;
-    Ok(Arc::new(Registry::open(store, &config.registry, own)?))
+    Ok((
+        Arc::new(Registry::open(store, &config.registry, own)?),
+        None,
+    ))
+}
+
+/// Tells the table, synchronously, what the registry's departures and lease
+/// changes mean for routing (weak: the publisher holds the registry).
+struct RoutingToTable(std::sync::Weak<Publisher>);
+
+impl registry::RoutingHook for RoutingToTable {
+    fn left(&self, service: &str, id: &str) {
+        if let Some(publisher) = self.0.upgrade() {
+            publisher.instance_left(service, id);
+        }
+    }
+
+    fn lease(&self, service: &str, id: &str, expires_at: Option<std::time::SystemTime>) {
+        if let Some(publisher) = self.0.upgrade() {
+            publisher.instance_lease(service, id, expires_at);
+        }
+    }
 }
 
 /// A second handle on a bound socket, so `App` keeps reporting its address

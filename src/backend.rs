@@ -93,6 +93,10 @@ pub struct Backend {
     health: AtomicU8,
     /// Deregistered or expired: no new requests; listed until `active` drains.
     draining: AtomicBool,
+    /// A registered instance's lease end on the [`now_millis`] clock (0 =
+    /// none): from then on it takes no new request, even before the registry
+    /// has noticed the expiry (SPEC §3: "once the lease's time is up").
+    lease_until: AtomicU64,
     /// Passive health (outlier detection) from real traffic.
     outlier: Outlier,
 }
@@ -149,6 +153,7 @@ impl Backend {
             active: AtomicU32::new(0),
             health: AtomicU8::new(Health::Healthy as u8),
             draining: AtomicBool::new(false),
+            lease_until: AtomicU64::new(0),
             outlier: Outlier::default(),
         }
     }
@@ -183,7 +188,34 @@ impl Backend {
 
     /// Whether the balancer may pick it: healthy, not draining, not ejected.
     pub fn is_ready(&self) -> bool {
-        self.health() == Health::Healthy && !self.is_draining() && !self.is_ejected()
+        self.health() == Health::Healthy && self.takes_new_requests() && !self.is_ejected()
+    }
+
+    /// Not draining and its lease (if any) not over: checked on the request
+    /// path for the backend the balancer chose, so a departure counts from
+    /// the moment it is answered, not from the next table.
+    pub fn takes_new_requests(&self) -> bool {
+        if self.is_draining() {
+            return false;
+        }
+        let until = self.lease_until.load(Ordering::Relaxed);
+        until == 0 || now_millis() < until
+    }
+
+    /// Set when its lease ends (`None`: never), from the wall-clock end.
+    pub fn set_lease_end(&self, expires_at: Option<std::time::SystemTime>) {
+        let until = match expires_at {
+            None => 0,
+            Some(at) => {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                now_millis()
+                    .saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+                    .max(1)
+            }
+        };
+        self.lease_until.store(until, Ordering::Relaxed);
     }
 
     pub fn is_ejected(&self) -> bool {

@@ -38,6 +38,7 @@ pub struct Metrics {
     connections_closed: IntCounterVec,
     connections_cut: IntCounterVec,
     config_reloads: IntCounterVec,
+    registry_store_up: IntGauge,
 }
 
 /// One listener's connection handles, resolved when it starts.
@@ -168,6 +169,11 @@ impl Metrics {
                 "Config reloads, by result.",
                 &["result"],
             ),
+            registry_store_up: IntGauge::new(
+                "switchyard_registry_store_up",
+                "1 while the registry's store answers (always 1 for the memory and file stores).",
+            )
+            .expect("static metric definition"),
             registry,
         };
         let build_info = gauge_vec(
@@ -207,6 +213,7 @@ impl Metrics {
             Box::new(self.connections_closed.clone()),
             Box::new(self.connections_cut.clone()),
             Box::new(self.config_reloads.clone()),
+            Box::new(self.registry_store_up.clone()),
         ];
         list.into_iter()
     }
@@ -260,6 +267,11 @@ impl Metrics {
                 .with_label_values(&[service])
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// `switchyard_registry_store_up`, set at scrape time.
+    pub fn set_store_up(&self, up: bool) {
+        self.registry_store_up.set(i64::from(up));
     }
 
     /// A listener's handles; every series exists from the start at 0.

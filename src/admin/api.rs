@@ -31,11 +31,11 @@ pub async fn handle(
         },
         ["services", service, "instances", id] => match *method {
             Method::PUT => instances::register(state, service, id, req).await,
-            Method::DELETE => instances::deregister(state, service, id),
+            Method::DELETE => instances::deregister(state, service, id).await,
             _ => method_not_allowed("PUT, DELETE"),
         },
         ["services", service, "instances", id, "heartbeat"] => match *method {
-            Method::PUT => instances::heartbeat(state, service, id),
+            Method::PUT => instances::heartbeat(state, service, id).await,
             _ => method_not_allowed("PUT"),
         },
         ["services", _, "instances", ..] => instances::slash_in_name(),

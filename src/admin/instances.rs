@@ -62,16 +62,16 @@ pub async fn register(
 
 /// `PUT .../{id}/heartbeat`: 200 with the renewed instance, 404 when the
 /// lease is gone.
-pub fn heartbeat(state: &AdminState, service: &str, id: &str) -> AdminResponse {
-    match state.registry.heartbeat(service, id) {
+pub async fn heartbeat(state: &AdminState, service: &str, id: &str) -> AdminResponse {
+    match state.registry.heartbeat(service, id).await {
         Ok(instance) => json(StatusCode::OK, &instance.to_json()),
         Err(e) => refused(&e),
     }
 }
 
 /// `DELETE .../{id}`: 204, or 404.
-pub fn deregister(state: &AdminState, service: &str, id: &str) -> AdminResponse {
-    match state.registry.deregister(service, id) {
+pub async fn deregister(state: &AdminState, service: &str, id: &str) -> AdminResponse {
+    match state.registry.deregister(service, id).await {
         Ok(instance) => {
             tracing::debug!(%service, %id, address = %instance.address, "instance deregistered");
             forget_unpublished(state, &instance);
@@ -141,5 +141,6 @@ pub fn status_of(e: &RegistryError) -> StatusCode {
         RegistryError::Refused { .. } | RegistryError::NewService(_) => StatusCode::FORBIDDEN,
         RegistryError::TooManyInstances { .. } => StatusCode::TOO_MANY_REQUESTS,
         RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
+        RegistryError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

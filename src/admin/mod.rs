@@ -110,6 +110,7 @@ fn metrics(state: &AdminState) -> AdminResponse {
             .services()
             .map(|(name, list)| (&**name, list.len())),
     );
+    state.metrics.set_store_up(state.registry.store_up());
     let body = state.metrics.render(table.backends());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(

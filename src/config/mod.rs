@@ -124,8 +124,39 @@ pub enum StoreConfig {
     Memory,
     /// Absolute path (relative paths resolved against the config file's folder).
     File(PathBuf),
-    /// `etcd://host:port/prefix`, kept verbatim.
-    Etcd(String),
+    /// `etcd://host:port[,host:port...]/prefix` with `[registry.etcd]`.
+    Etcd(EtcdConfig),
+}
+
+/// Cluster mode: where the shared registry lives in etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdConfig {
+    /// `host:port` of each member, in the order written.
+    pub endpoints: Vec<String>,
+    /// Key prefix, with a leading `/` and no trailing one (`/switchyard`).
+    pub prefix: String,
+    pub username: Option<String>,
+    /// Read from `password_env` at load.
+    pub password: Option<String>,
+    /// `ca` (with optional client `cert` + `key`): TLS to every endpoint.
+    pub tls: Option<EtcdTls>,
+    /// Default 5 s: start-up waits this long for etcd; also bounds each request to it.
+    pub dial_timeout: std::time::Duration,
+}
+
+/// TLS to etcd: PEM files, read when the config loads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    /// Client certificate and key, for etcd's `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdConfig {
+    /// `host:port,host:port` as written, for messages.
+    pub fn endpoint_list(&self) -> String {
+        self.endpoints.join(",")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -106,6 +106,19 @@ pub(super) struct RawRegistry {
     pub allowed_networks: Option<Vec<Text>>,
     pub allow_new_services: Option<bool>,
     pub max_instances_per_service: Option<Int>,
+    pub etcd: Option<Spanned<RawEtcd>>,
+}
+
+/// `[registry.etcd]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcd {
+    pub username: Option<Text>,
+    pub password_env: Option<Text>,
+    pub ca: Option<Text>,
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
+    pub dial_timeout: Option<Text>,
 }
 
 /// `[services.NAME]`.

@@ -24,6 +24,7 @@ mod build;
 mod ctx;
 mod defaults;
 mod errors;
+mod etcd;
 mod locate;
 mod services;
 mod shape;

@@ -297,7 +297,16 @@ fn pick(service: &Service, tried: &mut Tried, retrying: bool) -> Result<usize, P
                 ProxyError::NoHealthyBackend
             });
         };
-        if limit == 0 || service.ready[index].active_requests() < limit {
+        let backend = &service.ready[index];
+        if !backend.takes_new_requests() {
+            // Left since this table was built (deregistered, lease over):
+            // never picked again, whatever the table still says.
+            if !tried.push(index) {
+                return Err(ProxyError::NoHealthyBackend);
+            }
+            continue;
+        }
+        if limit == 0 || backend.active_requests() < limit {
             return Ok(index);
         }
         saw_full = true;

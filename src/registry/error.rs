@@ -48,6 +48,9 @@ pub enum RegistryError {
     TooManyInstances { service: String, max: usize },
     #[error("instance `{id}` of service `{service}` is not registered (unknown, or its lease expired): register it again")]
     NotFound { service: String, id: String },
+    /// Cluster mode: etcd did not take the write (SPEC §6: 503).
+    #[error("registry store unavailable: {0}")]
+    StoreUnavailable(String),
 }
 
 /// Which kind of name failed validation.

@@ -28,12 +28,15 @@
 //! - [`address`]: `host:port` parsing, resolution and the network policy.
 //! - [`lease`]: lease deadlines on the wall and monotonic clocks.
 //! - [`store`]: the `RegistryStore` seam; memory and file stores.
+//! - [`etcd`]: cluster mode, the store every node follows (`cluster`).
 //! - [`client`]: the `switchyard register` command's HTTP client.
 //! - [`error`]: `RegistryError`, every way a request is refused.
 
 pub mod address;
 pub mod client;
+mod cluster;
 pub mod error;
+pub mod etcd;
 pub mod instance;
 pub mod lease;
 pub mod store;
@@ -50,6 +53,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 pub use error::{NameKind, RegistryError};
+pub use etcd::{EtcdError, EtcdStore};
 pub use instance::{Instance, Registration};
 pub use store::{RegistryStore, StoreError};
 
@@ -87,6 +91,30 @@ pub struct Registry {
     /// Called on every membership change, from the writer's thread: the
     /// publisher's `nudge` (cheap, coalescing; no task hop in between).
     on_change: OnceLock<OnChange>,
+    /// Told of every departure and lease change before the write that made
+    /// it is answered (exact departure, SPEC §3).
+    routing: OnceLock<Hook>,
+    /// Cluster mode: etcd, which every write goes to first.
+    cluster: Option<Arc<EtcdStore>>,
+}
+
+/// What routing must learn synchronously: the table's rebuild comes later,
+/// but from the moment a departure is answered no new request may go to the
+/// instance, and a lease's end must be known where requests are routed.
+pub trait RoutingHook: Send + Sync {
+    /// `service`/`id` left: no new request may reach it from now on.
+    fn left(&self, service: &str, id: &str);
+    /// `service`/`id`'s lease now ends at `expires_at` (`None`: never).
+    fn lease(&self, service: &str, id: &str, expires_at: Option<SystemTime>);
+}
+
+/// The routing hook, boxed.
+struct Hook(Box<dyn RoutingHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoutingHook")
+    }
 }
 
 /// A membership-change callback.
@@ -110,6 +138,8 @@ struct Inner {
     index: u64,
     /// The deadline the expiry task sleeps until (`None`: until woken).
     armed: Option<Instant>,
+    /// Cluster mode: the newest etcd revision applied.
+    revision: i64,
 }
 
 /// What a write changed, which decides who hears of it.
@@ -127,6 +157,17 @@ enum Change {
 struct Entry {
     instance: Arc<Instance>,
     lease: Option<LeaseKey>,
+    /// Cluster mode: the etcd revision that wrote it, and its etcd lease (0:
+    /// none). Always 0 on the other stores.
+    revision: i64,
+    etcd_lease: i64,
+}
+
+/// Where an upsert's data came from (cluster mode: etcd's revision and lease).
+#[derive(Debug, Clone, Copy, Default)]
+struct Origin {
+    revision: i64,
+    etcd_lease: i64,
 }
 
 /// An immutable view of every registered instance.
@@ -216,6 +257,8 @@ impl Registry {
             saved: Arc::new(tokio::sync::Mutex::new(0)),
             own_listeners,
             on_change: OnceLock::new(),
+            routing: OnceLock::new(),
+            cluster: None,
         }
     }
 
@@ -239,7 +282,7 @@ impl Registry {
                 refused += 1;
                 continue;
             }
-            inner.upsert(Arc::new(instance), deadline);
+            inner.upsert(Arc::new(instance), deadline, Origin::default());
             kept += 1;
         }
         // Version 1: newer than the empty initial snapshot, and what the
@@ -297,33 +340,66 @@ impl Registry {
             expires_at: lease.map(|(_, wall)| wall),
             metadata: Arc::new(registration.metadata),
         });
-        let mut inner = self.lock();
-        inner.admit(limits, service, id)?;
-        let change = match inner.upsert(Arc::clone(&instance), lease.map(|(at, _)| at)) {
-            true => Change::Joined,
-            false => Change::Lease,
+        let deadline = lease.map(|(at, _)| at);
+        let Some(cluster) = &self.cluster else {
+            let mut inner = self.lock();
+            inner.admit(limits, service, id)?;
+            let change = inner.upsert(Arc::clone(&instance), deadline, Origin::default());
+            self.changed(inner, change, deadline, &[]);
+            self.tell_lease(&instance);
+            return Ok(instance);
         };
-        self.changed(inner, change, lease.map(|(at, _)| at));
+        self.lock().admit(limits, service, id)?;
+        let (revision, etcd_lease) = cluster.put(&instance).await.map_err(unavailable)?;
+        let mut inner = self.lock();
+        let replaced = inner.get(service, id).map_or(0, |e| e.etcd_lease);
+        let origin = Origin {
+            revision,
+            etcd_lease,
+        };
+        let change = inner.apply(Arc::clone(&instance), deadline, origin);
+        self.changed(inner, change, deadline, &[]);
+        self.tell_lease(&instance);
+        if replaced != etcd_lease {
+            cluster.revoke_later(replaced);
+        }
         Ok(instance)
+    }
+
+    /// Tell routing when an instance's lease now ends.
+    fn tell_lease(&self, instance: &Instance) {
+        if let Some(Hook(hook)) = self.routing.get() {
+            hook.lease(&instance.service, &instance.id, instance.expires_at);
+        }
+    }
+
+    /// Tell routing that instances left.
+    fn tell_left(&self, left: &[Key]) {
+        if let Some(Hook(hook)) = self.routing.get() {
+            for (service, id) in left {
+                hook.left(service, id);
+            }
+        }
     }
 
     /// Renew a lease with the instance's own ttl. An unknown instance, or one
     /// whose lease has ended (even if the expiry task has not run yet), is
     /// `NotFound`: the client must register again.
-    pub fn heartbeat(&self, service: &str, id: &str) -> Result<Arc<Instance>, RegistryError> {
+    pub async fn heartbeat(&self, service: &str, id: &str) -> Result<Arc<Instance>, RegistryError> {
         check_name(NameKind::Service, service)?;
         check_name(NameKind::Instance, id)?;
         let now = Instant::now();
-        let mut inner = self.lock();
-        let Some((old, lease)) = inner
-            .get(service, id)
-            .map(|e| (Arc::clone(&e.instance), e.lease))
-        else {
+        let found = {
+            let inner = self.lock();
+            inner
+                .get(service, id)
+                .map(|e| (Arc::clone(&e.instance), e.lease, e.etcd_lease))
+        };
+        let Some((old, lease, etcd_lease)) = found else {
             return Err(not_found(service, id));
         };
         if lease.is_some_and(|key| key.deadline() <= now) {
-            inner.remove(service, id);
-            self.changed(inner, Change::Left, None);
+            self.leave(self.lock(), service, id);
             return Err(not_found(service, id));
         }
         let Some((deadline, wall)) = lease::start(old.ttl, now, SystemTime::now()) else {
@@ -333,25 +409,79 @@ impl Registry {
             expires_at: Some(wall),
             ..Instance::clone(&old)
         });
-        inner.upsert(Arc::clone(&instance), Some(deadline));
-        self.changed(inner, Change::Lease, Some(deadline));
+        let mut origin = Origin::default();
+        if let Some(cluster) = &self.cluster {
+            let renewed = cluster.renew(&instance, etcd_lease).await;
+            let Some(revision) = renewed.map_err(unavailable)? else {
+                self.leave(self.lock(), service, id);
+                return Err(not_found(service, id));
+            };
+            origin = Origin {
+                revision,
+                etcd_lease,
+            };
+        }
+        let mut inner = self.lock();
+        if inner.get(service, id).is_none() {
+            // Deregistered meanwhile: a heartbeat does not bring it back.
+            return Err(not_found(service, id));
+        }
+        let change = inner.apply(Arc::clone(&instance), Some(deadline), origin);
+        self.changed(inner, change, Some(deadline), &[]);
+        self.tell_lease(&instance);
         Ok(instance)
     }
 
+    /// Remove `service`/`id` locally (if present) and tell everyone.
+    fn leave(&self, mut inner: MutexGuard<'_, Inner>, service: &str, id: &str) {
+        if inner.remove(service, id).is_some() {
+            let key: Key = (Arc::from(service), Arc::from(id));
+            self.changed(inner, Change::Left, None, &[key]);
+        }
+    }
+
     /// Remove `service`/`id`; the table drains it if requests are in flight.
-    pub fn deregister(&self, service: &str, id: &str) -> Result<Arc<Instance>, RegistryError> {
+    /// Once this returns, no new request is routed to it.
+    pub async fn deregister(
+        &self,
+        service: &str,
+        id: &str,
+    ) -> Result<Arc<Instance>, RegistryError> {
         check_name(NameKind::Service, service)?;
         check_name(NameKind::Instance, id)?;
+        let mut revision = 0;
+        if let Some(cluster) = &self.cluster {
+            match cluster.delete(service, id).await.map_err(unavailable)? {
+                Some(rev) => revision = rev,
+                None => {
+                    self.leave(self.lock(), service, id);
+                    return Err(not_found(service, id));
+                }
+            }
+        }
         let mut inner = self.lock();
-        let removed = inner
-            .remove(service, id)
+        let entry = inner
+            .detach(service, id)
             .ok_or_else(|| not_found(service, id))?;
-        self.changed(inner, Change::Left, None);
-        Ok(removed)
+        if let Some(cluster) = &self.cluster {
+            cluster.revoke_later(entry.etcd_lease);
+        }
+        inner.seen_revision(revision);
+        let key: Key = (
+            Arc::clone(&entry.instance.service),
+            Arc::clone(&entry.instance.id),
+        );
+        self.changed(inner, Change::Left, None, &[key]);
+        Ok(entry.instance)
     }
 
     /// Drop every lease that ended at or before `now`; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
+        if self.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+            // etcd away: heartbeats cannot be taken, so no lease ends here;
+            // the node catches up with etcd's own expiries when it is back.
+            return 0;
+        }
         let mut inner = self.lock();
         let expired = inner.leases.pop_expired(now);
         for (service, id) in &expired {
@@ -361,7 +491,7 @@ impl Registry {
         }
         let count = expired.len();
         if count > 0 {
-            self.changed(inner, Change::Left, None);
+            self.changed(inner, Change::Left, None, &expired);
         }
         count
     }
@@ -382,6 +512,13 @@ impl Registry {
         let fresh = Arc::new(inner.snapshot());
         self.snapshot.store(Arc::clone(&fresh));
         fresh
+    }
+
+    /// Tell `hook` of departures and lease changes (once set, it stays).
+    pub fn set_routing_hook(&self, hook: impl RoutingHook + 'static) {
+        if self.routing.set(Hook(Box::new(hook))).is_err() {
+            tracing::warn!("registry routing hook already set; ignoring another");
+        }
     }
 
     /// Call `f` after every membership change (once set, it stays).
@@ -405,11 +542,20 @@ impl Registry {
     /// the expiry task (when a new lease may end first) and watchers, and
     /// tell the publisher — at once when an instance left (no traffic may
     /// go to it), batched by `run_notifier` when one joined or changed.
-    fn changed(&self, mut inner: MutexGuard<'_, Inner>, change: Change, lease: Option<Instant>) {
+    fn changed(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        change: Change,
+        lease: Option<Instant>,
+        left: &[Key],
+    ) {
         inner.version += 1;
         self.version.store(inner.version, Ordering::Release);
         if change != Change::Lease {
-            inner.index += 1;
+            // A count of membership changes; in cluster mode it also jumps
+            // to etcd's revision, so nodes that saw the same writes agree.
+            let revision = u64::try_from(inner.revision).unwrap_or(0);
+            inner.index = (inner.index + 1).max(revision);
         }
         let index = inner.index;
         let wake_expiry = lease.is_some_and(|at| inner.armed.map_or(true, |armed| at < armed));
@@ -425,6 +571,7 @@ impl Registry {
                 self.joined.notify_one();
             }
             Change::Left => {
+                self.tell_left(left);
                 self.index.send_replace(index);
                 self.notify_change();
             }
@@ -443,6 +590,10 @@ impl Registry {
         // leave a half-made change behind.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn unavailable(e: EtcdError) -> RegistryError {
+    RegistryError::StoreUnavailable(e.to_string())
 }
 
 fn not_found(service: &str, id: &str) -> RegistryError {
@@ -476,18 +627,52 @@ impl Inner {
         Ok(())
     }
 
-    /// Insert or replace; returns whether membership changed (anything but
-    /// the lease's end differs).
-    fn upsert(&mut self, instance: Arc<Instance>, deadline: Option<Instant>) -> bool {
+    /// Insert or replace; returns what changed: membership (anything but the
+    /// lease's end differs) or only the lease.
+    fn upsert(
+        &mut self,
+        instance: Arc<Instance>,
+        deadline: Option<Instant>,
+        origin: Origin,
+    ) -> Change {
         let key: Key = (Arc::clone(&instance.service), Arc::clone(&instance.id));
         let old = self.detach(&key.0, &key.1);
         let lease = deadline.map(|at| self.leases.insert(at, key.clone()));
         let changed = old.map_or(true, |old| !old.instance.same_registration(&instance));
-        self.services
-            .entry(key.0)
-            .or_default()
-            .insert(key.1, Entry { instance, lease });
-        changed
+        let entry = Entry {
+            instance,
+            lease,
+            revision: origin.revision,
+            etcd_lease: origin.etcd_lease,
+        };
+        self.services.entry(key.0).or_default().insert(key.1, entry);
+        match changed {
+            true => Change::Joined,
+            false => Change::Lease,
+        }
+    }
+
+    /// Upsert data from etcd at `origin.revision`, unless a newer revision
+    /// of the instance is already here (a late watch event after our own
+    /// later write); also records the revision.
+    fn apply(
+        &mut self,
+        instance: Arc<Instance>,
+        deadline: Option<Instant>,
+        origin: Origin,
+    ) -> Change {
+        self.seen_revision(origin.revision);
+        let newer = self
+            .get(&instance.service, &instance.id)
+            .is_some_and(|e| e.revision > origin.revision);
+        if newer {
+            return Change::Lease;
+        }
+        self.upsert(instance, deadline, origin)
+    }
+
+    fn seen_revision(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
     }
 
     fn remove(&mut self, service: &str, id: &str) -> Option<Arc<Instance>> {

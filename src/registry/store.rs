@@ -1,5 +1,6 @@
 //! Where registrations persist: the [`RegistryStore`] seam, an in-memory
-//! store and a JSON file store (etcd later).
+//! store and a JSON file store (etcd, which every node follows rather than
+//! loads, is `super::etcd`).
 //!
 //! The registry keeps its live table in memory and hands the store whole
 //! snapshots, at most one write per ~100 ms (see `Registry::run_writer`); the
@@ -79,6 +80,8 @@ pub enum Corruption {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EntryProblem {
+    #[error("not valid JSON: {0}")]
+    Json(#[source] serde_json::Error),
     #[error("{0}")]
     Invalid(#[from] RegistryError),
     #[error("bad resolved address `{0}`")]
@@ -94,7 +97,11 @@ pub fn from_config(config: &StoreConfig) -> Result<Arc<dyn RegistryStore>, Store
     match config {
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::default())),
         StoreConfig::File(path) => Ok(Arc::new(FileStore::new(path.clone()))),
-        StoreConfig::Etcd(url) => Err(StoreError::Unsupported(url.clone())),
+        StoreConfig::Etcd(etcd) => Err(StoreError::Unsupported(format!(
+            "etcd://{}{}",
+            etcd.endpoint_list(),
+            etcd.prefix
+        ))),
     }
 }
 
@@ -293,6 +300,17 @@ impl StoredInstance {
     }
 }
 
+/// An instance as the etcd store keeps it: one file-format entry, as JSON.
+pub(super) fn encode_instance(instance: &Instance) -> Vec<u8> {
+    serde_json::to_vec(&StoredInstance::from(instance)).unwrap_or_default()
+}
+
+/// The instance in an etcd value.
+pub(super) fn decode_instance(bytes: &[u8]) -> Result<Instance, EntryProblem> {
+    let stored: StoredInstance = serde_json::from_slice(bytes).map_err(EntryProblem::Json)?;
+    stored.into_instance()
+}
+
 fn parse_time(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(text).ok()
 }
@@ -392,11 +410,5 @@ mod tests {
         let store = MemoryStore::default();
         store.save(&[instance("a", None)]).unwrap();
         assert_eq!(store.load().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn etcd_is_not_supported_yet() {
-        let err = from_config(&StoreConfig::Etcd("etcd://h:2379/x".into())).expect_err("etcd");
-        assert!(err.to_string().contains("etcd://h:2379/x"));
     }
 }

@@ -87,17 +87,17 @@ async fn deregister_removes_and_then_404s() {
     register(&r, &c, "users", "a", None)
         .await
         .expect("register");
-    assert!(r.deregister("users", "a").is_ok());
+    assert!(r.deregister("users", "a").await.is_ok());
     assert!(
         r.snapshot().is_empty(),
         "the service goes with its last instance"
     );
     assert!(matches!(
-        r.deregister("users", "a"),
+        r.deregister("users", "a").await,
         Err(RegistryError::NotFound { .. })
     ));
     assert!(matches!(
-        r.heartbeat("users", "a"),
+        r.heartbeat("users", "a").await,
         Err(RegistryError::NotFound { .. })
     ));
 }
@@ -118,7 +118,7 @@ async fn leases_expire_and_heartbeats_renew_them() {
         .expect("register");
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(900)).await;
-        r.heartbeat("users", "kept").expect("renewed in time");
+        r.heartbeat("users", "kept").await.expect("renewed in time");
     }
     let snapshot = r.snapshot();
     let ids: Vec<&str> = snapshot.service("users").iter().map(|i| &*i.id).collect();
@@ -128,11 +128,12 @@ async fn leases_expire_and_heartbeats_renew_them() {
         "5.4 s later, only the renewed lease is alive"
     );
     assert!(matches!(
-        r.heartbeat("users", "lapsed"),
+        r.heartbeat("users", "lapsed").await,
         Err(RegistryError::NotFound { .. })
     ));
     assert!(r
         .heartbeat("users", "forever")
+        .await
         .expect("no expiry")
         .expires_at
         .is_none());
@@ -149,7 +150,7 @@ async fn a_lease_past_its_deadline_is_gone_before_the_sweep() {
     tokio::time::advance(Duration::from_millis(1001)).await;
     // No expiry task runs here: the heartbeat itself sees the lease is over.
     assert!(matches!(
-        r.heartbeat("users", "a"),
+        r.heartbeat("users", "a").await,
         Err(RegistryError::NotFound { .. })
     ));
     assert!(r.snapshot().is_empty());
@@ -295,7 +296,7 @@ async fn snapshots_are_shared_until_something_changes() {
     let one = r.snapshot();
     let two = r.snapshot();
     assert!(Arc::ptr_eq(&one, &two));
-    r.heartbeat("users", "a").expect("renew");
+    r.heartbeat("users", "a").await.expect("renew");
     let three = r.snapshot();
     assert!(
         !Arc::ptr_eq(&one, &three),
@@ -368,7 +369,7 @@ async fn watchers_see_membership_changes() {
         .expect("register");
     assert!(rx.has_changed().unwrap());
     rx.borrow_and_update();
-    r.heartbeat("users", "a").expect("renew");
+    r.heartbeat("users", "a").await.expect("renew");
     assert!(
         !rx.has_changed().unwrap(),
         "heartbeats do not wake watchers"
@@ -409,7 +410,7 @@ async fn joins_are_batched_and_departures_are_immediate() {
     );
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2, "then one call covers it");
-    r.deregister("users", "first").unwrap();
+    r.deregister("users", "first").await.unwrap();
     assert_eq!(
         calls.load(Ordering::SeqCst),
         3,

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::{Publisher, State};
 use crate::backend::{Backend, Health, Source};
@@ -99,6 +99,10 @@ impl Registered {
             let backend = match old.next_if(|b| same_id(b, instance)) {
                 Some(kept) if kept.resolved == instance.resolved => {
                     kept.set_weight(instance.weight);
+                    // Registered again after a departure this table had not
+                    // yet seen: it takes requests again.
+                    kept.set_draining(false);
+                    kept.set_lease_end(instance.expires_at);
                     kept
                 }
                 moved => {
@@ -136,7 +140,15 @@ impl Registered {
         })?;
         let backend = self.draining.swap_remove(at);
         backend.set_draining(false);
+        backend.set_lease_end(instance.expires_at);
         Some(backend)
+    }
+
+    /// A registered backend in the table now, by id.
+    fn find(&self, service: &str, id: &str) -> Option<&Arc<Backend>> {
+        let live = self.live.get(service)?;
+        let at = live.binary_search_by(|b| (*b.id).cmp(id)).ok()?;
+        live.get(at)
     }
 
     /// Draining backends whose requests have all finished go.
@@ -212,6 +224,7 @@ fn new_backend(instance: &Instance, checked: bool, metrics: &Metrics) -> Arc<Bac
     if checked {
         backend.set_health(Health::Unknown);
     }
+    backend.set_lease_end(instance.expires_at);
     Arc::new(backend)
 }
 
@@ -225,6 +238,21 @@ impl Publisher {
         state.registered.registry = Some(registry);
         let table = state.rebuild();
         self.publish(table);
+    }
+
+    /// An instance left the registry: from now on it gets no new request
+    /// (the rebuild that removes it from the table comes later).
+    pub fn instance_left(&self, service: &str, id: &str) {
+        if let Some(backend) = self.lock().registered.find(service, id) {
+            backend.set_draining(true);
+        }
+    }
+
+    /// An instance's lease now ends at `expires_at`.
+    pub fn instance_lease(&self, service: &str, id: &str, expires_at: Option<SystemTime>) {
+        if let Some(backend) = self.lock().registered.find(service, id) {
+            backend.set_lease_end(expires_at);
+        }
     }
 
     /// Republish whenever a draining backend's last request has finished, so
@@ -388,7 +416,7 @@ mod tests {
                 .backends[0],
         );
         let in_flight = a.start_request();
-        registry.deregister("users", "a").expect("deregister");
+        registry.deregister("users", "a").await.expect("deregister");
         publisher.republish();
         let table = publisher.table().load_full();
         assert_eq!(
@@ -416,7 +444,10 @@ mod tests {
         register(&registry, &rc, "orders", "o-1", "127.0.0.1:9101", 1).await;
         publisher.republish();
         assert!(publisher.table().load_full().service("orders").is_some());
-        registry.deregister("orders", "o-1").expect("deregister");
+        registry
+            .deregister("orders", "o-1")
+            .await
+            .expect("deregister");
         publisher.republish();
         assert!(publisher.table().load_full().service("orders").is_none());
     }

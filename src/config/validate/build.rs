@@ -16,7 +16,7 @@ use super::services::{routes, service};
 use super::values::{non_empty, parse_alpn, parse_store, read_env, NO_MAX};
 use crate::config::{
     AdminConfig, CertPair, Config, ControlPriority, LogConfig, LogFormat, ProxyConfig,
-    RegistryConfig, TlsListenerConfig,
+    RegistryConfig, StoreConfig, TlsListenerConfig,
 };
 
 pub(super) fn build(cx: &mut Ctx, raw: &RawConfig) -> Config {
@@ -164,10 +164,42 @@ fn admin_token(cx: &mut Ctx, raw: &RawAdmin) -> Option<String> {
     }
 }
 
+/// `store`, with `[registry.etcd]` for an etcd store (an error elsewhere).
+fn store(cx: &mut Ctx, raw: &RawRegistry, base: &std::path::Path) -> StoreConfig {
+    let Some(text) = raw.store.as_ref() else {
+        if let Some(etcd) = &raw.etcd {
+            cx.error(
+                Some(etcd.span()),
+                "registry.etcd",
+                "[registry.etcd] needs store = \"etcd://HOST:PORT/PREFIX\"",
+            );
+        }
+        return StoreConfig::Memory;
+    };
+    if let Some(rest) = text.get_ref().strip_prefix("etcd://") {
+        let Some((endpoints, prefix)) =
+            cx.check(text, "registry.store", |_| super::etcd::parse_url(rest))
+        else {
+            return StoreConfig::Memory;
+        };
+        let etcd = raw.etcd.as_ref().map(|e| e.get_ref());
+        return StoreConfig::Etcd(super::etcd::settings(cx, endpoints, prefix, etcd));
+    }
+    if let Some(etcd) = &raw.etcd {
+        cx.error(
+            Some(etcd.span()),
+            "registry.etcd",
+            "[registry.etcd] is only used with store = \"etcd://...\"",
+        );
+    }
+    cx.check(text, "registry.store", |s| parse_store(s, base))
+        .unwrap_or(StoreConfig::Memory)
+}
+
 fn registry(cx: &mut Ctx, raw: &RawRegistry) -> RegistryConfig {
     let d = default_registry();
     let base = cx.base.clone();
-    let store = take!(cx, "registry", val(raw.store, d, |s| parse_store(s, &base)));
+    let store = store(cx, raw, &base);
     let nets = raw.allowed_networks.as_ref();
     let nets = nets.map(|n| cx.list(n, "registry.allowed_networks", |s| parse_net(s)));
     RegistryConfig {

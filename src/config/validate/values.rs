@@ -45,12 +45,9 @@ pub(super) fn parse_store(s: &str, base: &Path) -> Result<StoreConfig, String> {
             .map(StoreConfig::File)
             .map_err(|_| "the file store needs a path, like \"file:data/registry.json\"".into());
     }
-    match s.strip_prefix("etcd://") {
-        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(StoreConfig::Etcd(s.into())),
-        _ => Err(format!(
-            "store `{s}` must be \"memory\", \"file:PATH\" or \"etcd://HOST:PORT/PREFIX\""
-        )),
-    }
+    Err(format!(
+        "store `{s}` must be \"memory\", \"file:PATH\" or \"etcd://HOST:PORT/PREFIX\""
+    ))
 }
 
 /// A non-empty path, made absolute against the config file's folder.

@@ -179,8 +179,26 @@ fn registry_stores() {
         parse_store("file:/var/r.json", base),
         Ok(StoreConfig::File("/var/r.json".into()))
     );
-    let etcd = "etcd://127.0.0.1:2379/switchyard";
-    assert_eq!(parse_store(etcd, base), Ok(StoreConfig::Etcd(etcd.into())));
+    let config = parse_ok(
+        "[registry]\nstore = \"etcd://127.0.0.1:2379,127.0.0.1:22379/switchyard\"\n[registry.etcd]\ndial_timeout = \"2s\"\n",
+    );
+    let StoreConfig::Etcd(etcd) = config.registry.store else {
+        panic!("not an etcd store: {:?}", config.registry.store);
+    };
+    assert_eq!(etcd.endpoints, ["127.0.0.1:2379", "127.0.0.1:22379"]);
+    assert_eq!(etcd.prefix, "/switchyard");
+    assert_eq!(etcd.dial_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(etcd.tls, None);
+    fails(
+        "[registry]\nstore = \"etcd://127.0.0.1:2379/x\"\n[registry.etcd]\nca = \"/nonexistent/ca.pem\"\n",
+        "registry.etcd.ca",
+        "cannot read",
+    );
+    fails(
+        "[registry]\nstore = \"memory\"\n[registry.etcd]\ndial_timeout = \"2s\"\n",
+        "registry.etcd",
+        "only used with",
+    );
     fails(
         "[registry]\nstore = \"file:\"\n",
         "registry.store",
@@ -189,7 +207,7 @@ fn registry_stores() {
     fails(
         "[registry]\nstore = \"etcd://\"\n",
         "registry.store",
-        "\"memory\"",
+        "HOST:PORT",
     );
     fails(
         "[registry]\nstore = \"redis://x\"\n",

@@ -1,0 +1,405 @@
+//! The etcd store: cluster mode's shared registry (`store = "etcd://..."`).
+//!
+//! Every node keeps the registry it serves from in memory, as with the other
+//! stores; etcd is the source of truth that all of them follow. A write is
+//! made in etcd first and applied locally only once etcd has committed it
+//! (so a 200/204 is durable on a quorum); every node, the writer included,
+//! then sees it again on its watch and ignores what it already has (each
+//! local entry remembers the etcd revision it came from).
+//!
+//! # Key layout
+//!
+//! One key per instance, `<prefix>/instances/<service>/<id>`, holding the
+//! instance as JSON (the file store's entry format: address, resolved
+//! address, weight, ttl, expires_at, metadata). An instance with a ttl is
+//! attached to an etcd lease of its own, granted with that ttl: when the lease
+//! ends, etcd deletes the key and every node drops the instance. A heartbeat
+//! renews the lease (one keep-alive) and rewrites the value with the new
+//! `expires_at` under the same lease, so that every node knows when the lease
+//! ends and can stop routing to it at that moment, not when etcd gets round to
+//! deleting it.
+//!
+//! # Following
+//!
+//! A node lists the prefix once (one range read at revision R), then watches
+//! it from R + 1: no gap, no duplicate. When the watch is cancelled (etcd
+//! compacted past it) or the connection fails, the node lists again and
+//! reconciles (instances deleted meanwhile go), then watches from the new
+//! revision. While etcd cannot be reached, the node keeps what it has.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+
+use super::instance::Instance;
+use super::store::{decode_instance, encode_instance};
+use crate::config::EtcdConfig;
+
+/// An instance as etcd holds it.
+#[derive(Debug)]
+pub struct Stored {
+    pub instance: Instance,
+    /// Its etcd lease; 0 = none.
+    pub lease: i64,
+    /// The revision that last wrote it.
+    pub revision: i64,
+}
+
+/// Everything under the prefix at one revision.
+#[derive(Debug)]
+pub struct Listing {
+    pub revision: i64,
+    pub instances: Vec<Stored>,
+}
+
+/// One change seen on the watch.
+#[derive(Debug)]
+pub enum Change {
+    Put(Stored),
+    Deleted {
+        service: String,
+        id: String,
+        revision: i64,
+    },
+}
+
+/// Why an etcd request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd at {endpoints} did not answer within {}", humantime::format_duration(*timeout))]
+    Timeout {
+        endpoints: String,
+        timeout: Duration,
+    },
+    #[error("etcd at {endpoints}: {source}")]
+    Client {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// The watch was cancelled (compaction): list again.
+    #[error("the etcd watch was cancelled: {0}")]
+    WatchCancelled(String),
+}
+
+/// A connection to the etcd cluster and this registry's prefix in it.
+pub struct EtcdStore {
+    client: Client,
+    config: EtcdConfig,
+    /// `<prefix>/instances/`.
+    instances_prefix: String,
+    /// Whether the last request to etcd (or the watch) worked.
+    up: AtomicBool,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.config.endpoints)
+            .field("prefix", &self.config.prefix)
+            .finish()
+    }
+}
+
+impl EtcdStore {
+    /// Connect and check that etcd answers, within `dial_timeout`.
+    pub async fn connect(config: &EtcdConfig) -> Result<EtcdStore, EtcdError> {
+        let timeout = config.dial_timeout;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(10), timeout);
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let scheme = match &config.tls {
+            Some(tls) => {
+                let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+                if let Some((cert, key)) = &tls.identity {
+                    t = t.identity(Identity::from_pem(cert, key));
+                }
+                options = options.with_tls(t);
+                "https"
+            }
+            None => "http",
+        };
+        let endpoints: Vec<String> = config
+            .endpoints
+            .iter()
+            .map(|e| format!("{scheme}://{e}"))
+            .collect();
+        let store_endpoints = config.endpoint_list();
+        let client = bounded(
+            timeout,
+            &store_endpoints,
+            Client::connect(endpoints, Some(options)),
+        )
+        .await?;
+        let store = EtcdStore {
+            client,
+            instances_prefix: format!("{}/instances/", config.prefix),
+            config: config.clone(),
+            up: AtomicBool::new(false),
+        };
+        Ok(store)
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.config.endpoint_list()
+    }
+
+    pub fn dial_timeout(&self) -> Duration {
+        self.config.dial_timeout
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Record how the last request went.
+    fn seen<T>(&self, result: Result<T, EtcdError>) -> Result<T, EtcdError> {
+        let ok = !matches!(
+            result,
+            Err(EtcdError::Timeout { .. } | EtcdError::Client { .. })
+        );
+        if self.up.swap(ok, Ordering::Relaxed) != ok {
+            match ok {
+                true => tracing::info!(endpoints = %self.endpoints(), "etcd reachable"),
+                false => {
+                    tracing::warn!(endpoints = %self.endpoints(), "etcd unreachable; routing on with the registry last seen, writes refused")
+                }
+            }
+        }
+        result
+    }
+
+    fn key(&self, service: &str, id: &str) -> String {
+        format!("{}{service}/{id}", self.instances_prefix)
+    }
+
+    /// Run one request, bounded by `dial_timeout`.
+    async fn call<T, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T, EtcdError>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let result = bounded(
+            self.config.dial_timeout,
+            &self.endpoints(),
+            f(self.client.clone()),
+        )
+        .await;
+        self.seen(result)
+    }
+
+    /// Every instance under the prefix, at one revision.
+    pub async fn list(&self) -> Result<Listing, EtcdError> {
+        let prefix = self.instances_prefix.clone();
+        let resp = self
+            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let instances = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision()))
+            .collect();
+        Ok(Listing {
+            revision,
+            instances,
+        })
+    }
+
+    /// Store `instance` (with a new lease of its ttl, unless the ttl is 0);
+    /// returns the revision and the lease.
+    pub async fn put(&self, instance: &Instance) -> Result<(i64, i64), EtcdError> {
+        let lease = match ttl_seconds(instance.ttl) {
+            0 => 0,
+            ttl => self
+                .call(|mut c| async move { c.lease_grant(ttl, None).await })
+                .await?
+                .id(),
+        };
+        let key = self.key(&instance.service, &instance.id);
+        let value = encode_instance(instance);
+        let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        let resp = self
+            .call(|mut c| async move { c.put(key, value, options).await })
+            .await?;
+        Ok((resp.header().map_or(0, |h| h.revision()), lease))
+    }
+
+    /// Renew `lease` and store `instance` (its new `expires_at`) under it, if
+    /// the key still holds that lease. `None`: the lease or the key is gone.
+    pub async fn renew(&self, instance: &Instance, lease: i64) -> Result<Option<i64>, EtcdError> {
+        let alive = self
+            .call(|mut c| async move {
+                match c.lease_keep_alive(lease).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        if !alive {
+            return Ok(None);
+        }
+        let key = self.key(&instance.service, &instance.id);
+        let value = encode_instance(instance);
+        let txn = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = self.call(|mut c| async move { c.txn(txn).await }).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(resp.succeeded().then_some(revision))
+    }
+
+    /// Delete an instance; the revision of the delete, or `None` when etcd
+    /// did not have it.
+    pub async fn delete(&self, service: &str, id: &str) -> Result<Option<i64>, EtcdError> {
+        let key = self.key(service, id);
+        let resp = self
+            .call(|mut c| async move { c.delete(key, None).await })
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.deleted() > 0).then_some(revision))
+    }
+
+    /// Revoke a lease nothing uses any more, in the background (its keys
+    /// already moved or went; an error only leaves it to run out).
+    pub fn revoke_later(&self, lease: i64) {
+        if lease == 0 {
+            return;
+        }
+        let mut client = self.client.clone();
+        let timeout = self.config.dial_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, client.lease_revoke(lease)).await;
+        });
+    }
+
+    /// Watch the prefix from `revision` on.
+    pub async fn watch(&self, revision: i64) -> Result<WatchStream, EtcdError> {
+        let prefix = self.instances_prefix.clone();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        self.call(|mut c| async move { c.watch(prefix, Some(options)).await })
+            .await
+    }
+
+    /// The next batch of changes on `stream` (waits for them: no bound).
+    pub async fn next_changes(&self, stream: &mut WatchStream) -> Result<Vec<Change>, EtcdError> {
+        let message = stream.message().await.map_err(|source| EtcdError::Client {
+            endpoints: self.endpoints(),
+            source,
+        });
+        let Some(resp) = self.seen(message)? else {
+            return self.seen(Err(EtcdError::WatchCancelled(
+                "the watch stream ended".into(),
+            )));
+        };
+        if resp.canceled() {
+            let why = match resp.compact_revision() {
+                0 => resp.cancel_reason().to_owned(),
+                rev => format!("compacted at revision {rev}"),
+            };
+            return Err(EtcdError::WatchCancelled(why));
+        }
+        Ok(resp
+            .events()
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                match event.event_type() {
+                    EventType::Put => self
+                        .decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
+                        .map(Change::Put),
+                    EventType::Delete => {
+                        let (service, id) = self.split_key(kv.key())?;
+                        Some(Change::Deleted {
+                            service: service.to_owned(),
+                            id: id.to_owned(),
+                            revision: kv.mod_revision(),
+                        })
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// `(service, id)` of a key under the prefix.
+    fn split_key<'k>(&self, key: &'k [u8]) -> Option<(&'k str, &'k str)> {
+        let key = std::str::from_utf8(key).ok()?;
+        key.strip_prefix(&self.instances_prefix)?.split_once('/')
+    }
+
+    /// An instance from its key and value; a value that does not parse (or
+    /// does not match its key) is logged and skipped, never fatal: another
+    /// program may write under the prefix.
+    fn decode(&self, key: &[u8], value: &[u8], lease: i64, revision: i64) -> Option<Stored> {
+        let (service, id) = self.split_key(key)?;
+        match decode_instance(value) {
+            Ok(instance) if *instance.service == *service && *instance.id == *id => Some(Stored {
+                instance,
+                lease,
+                revision,
+            }),
+            Ok(_) => {
+                tracing::warn!(%service, %id, "etcd value names another instance than its key; ignored");
+                None
+            }
+            Err(problem) => {
+                tracing::warn!(%service, %id, %problem, "etcd value is not a valid instance; ignored");
+                None
+            }
+        }
+    }
+}
+
+/// `f`, or a timeout error after `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    endpoints: &str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(EtcdError::Client {
+            endpoints: endpoints.to_owned(),
+            source,
+        }),
+        Err(_) => Err(EtcdError::Timeout {
+            endpoints: endpoints.to_owned(),
+            timeout,
+        }),
+    }
+}
+
+/// A ttl as whole etcd lease seconds, rounded up (0 = no lease).
+fn ttl_seconds(ttl: Duration) -> i64 {
+    if ttl.is_zero() {
+        return 0;
+    }
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_round_up_to_whole_lease_seconds() {
+        assert_eq!(ttl_seconds(Duration::ZERO), 0);
+        assert_eq!(ttl_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_seconds(Duration::from_secs(30)), 30);
+    }
+}
