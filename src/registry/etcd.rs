@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 
 use super::instance::Instance;
@@ -75,7 +75,7 @@ pub enum EtcdError {
         endpoints: String,
         timeout: Duration,
     },
-    #[error("etcd at {endpoints}: {source}")]
+    #[error("etcd at {endpoints}: {}", innermost(source))]
     Client {
         endpoints: String,
         #[source]
@@ -261,15 +261,24 @@ impl EtcdStore {
         Ok(resp.succeeded().then_some(revision))
     }
 
-    /// Delete an instance; the revision of the delete, or `None` when etcd
-    /// did not have it.
-    pub async fn delete(&self, service: &str, id: &str) -> Result<Option<i64>, EtcdError> {
+    /// Delete an instance; the revision of the delete and what was stored,
+    /// or `None` when etcd did not have it.
+    pub async fn delete(
+        &self,
+        service: &str,
+        id: &str,
+    ) -> Result<Option<(i64, Stored)>, EtcdError> {
         let key = self.key(service, id);
+        let options = Some(DeleteOptions::new().with_prev_key());
         let resp = self
-            .call(|mut c| async move { c.delete(key, None).await })
+            .call(|mut c| async move { c.delete(key, options).await })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        Ok((resp.deleted() > 0).then_some(revision))
+        let previous = resp
+            .prev_kvs()
+            .iter()
+            .find_map(|kv| self.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision()));
+        Ok(previous.map(|stored| (revision, stored)))
     }
 
     /// Revoke a lease nothing uses any more, in the background (its keys
@@ -362,6 +371,17 @@ impl EtcdStore {
             }
         }
     }
+}
+
+/// The innermost cause of an error, which says what went wrong in a few
+/// words ("Connection refused (os error 111)") where the outer layers of a
+/// gRPC error repeat one another.
+fn innermost(e: &etcd_client::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// `f`, or a timeout error after `timeout`.

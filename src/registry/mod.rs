@@ -449,30 +449,39 @@ impl Registry {
     ) -> Result<Arc<Instance>, RegistryError> {
         check_name(NameKind::Service, service)?;
         check_name(NameKind::Instance, id)?;
-        let mut revision = 0;
-        if let Some(cluster) = &self.cluster {
-            match cluster.delete(service, id).await.map_err(unavailable)? {
-                Some(rev) => revision = rev,
-                None => {
-                    self.leave(self.lock(), service, id);
-                    return Err(not_found(service, id));
-                }
-            }
-        }
+        let Some(cluster) = &self.cluster else {
+            let mut inner = self.lock();
+            let entry = inner
+                .detach(service, id)
+                .ok_or_else(|| not_found(service, id))?;
+            self.changed_left(inner, &entry);
+            return Ok(entry.instance);
+        };
+        let Some((revision, stored)) = cluster.delete(service, id).await.map_err(unavailable)?
+        else {
+            self.leave(self.lock(), service, id);
+            return Err(not_found(service, id));
+        };
+        cluster.revoke_later(stored.lease);
         let mut inner = self.lock();
-        let entry = inner
-            .detach(service, id)
-            .ok_or_else(|| not_found(service, id))?;
-        if let Some(cluster) = &self.cluster {
-            cluster.revoke_later(entry.etcd_lease);
-        }
         inner.seen_revision(revision);
+        // The watch may have applied the delete already; it is ours all the same.
+        match inner.detach(service, id) {
+            Some(entry) => {
+                self.changed_left(inner, &entry);
+                Ok(entry.instance)
+            }
+            None => Ok(Arc::new(stored.instance)),
+        }
+    }
+
+    /// Publish the departure of `entry`, already taken out under `inner`.
+    fn changed_left(&self, inner: MutexGuard<'_, Inner>, entry: &Entry) {
         let key: Key = (
             Arc::clone(&entry.instance.service),
             Arc::clone(&entry.instance.id),
         );
         self.changed(inner, Change::Left, None, &[key]);
-        Ok(entry.instance)
     }
 
     /// Drop every lease that ended at or before `now`; returns how many.
