@@ -17,6 +17,12 @@
 FROM rust:1-bookworm AS build
 WORKDIR /build
 
+# protoc and the well-known .proto files: the etcd client (cluster mode) compiles etcd's
+# API definitions at build time.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 # 1. Dependencies only. Copy the manifests, build once against a dummy lib + bin so that
 #    every dependency is compiled into this layer; it is reused until Cargo.toml or
 #    Cargo.lock change. (If Cargo.toml ever declares targets with explicit paths, e.g.
