@@ -230,6 +230,13 @@ impl Backend {
         until != 0 && now_millis() >= until
     }
 
+    /// Milliseconds until the current ejection ends, if it is ejected.
+    pub fn ejection_left_ms(&self) -> Option<u64> {
+        let until = self.outlier.ejected_until.load(Ordering::Relaxed);
+        let now = now_millis();
+        (until != 0 && now < until).then(|| until - now)
+    }
+
     /// End an ejection (time is up, or an active check passed).
     pub fn clear_ejection(&self) {
         self.outlier.ejected_until.store(0, Ordering::Relaxed);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::backend::{Backend, Health, Source};
 use crate::balance::Balancer;
@@ -67,6 +67,10 @@ pub struct Service {
 /// Shared handle to the current table.
 pub type SharedTable = Arc<ArcSwap<Table>>;
 
+/// While a replaced table is still held by a request, the sweeper looks
+/// again this often.
+const RETIRED_RECHECK: Duration = Duration::from_millis(250);
+
 /// How long a nudge waits for more changes before rebuilding: a burst of
 /// registrations or health flips becomes one rebuild, not one per change.
 const COALESCE: Duration = Duration::from_millis(20);
@@ -82,6 +86,13 @@ pub struct Publisher {
     pending: Mutex<Pending>,
     /// Replaced tables that requests may still hold (see `publish`).
     retired: Mutex<Vec<Arc<Table>>>,
+    /// Counts full rebuilds (membership or settings changed, not just
+    /// readiness): the health supervisor waits on it instead of polling.
+    generation: watch::Sender<u64>,
+    /// Wakes the sweeper: a backend was ejected, or a table was retired.
+    sweep: Notify,
+    /// Wakes the drain sweeper: a registered backend started draining.
+    drain_started: Notify,
 }
 
 /// Work the coalescer owes: a full rebuild, or fresh ready lists for some services.
@@ -147,7 +158,16 @@ impl Publisher {
             dirty: Notify::new(),
             pending: Mutex::new(Pending::default()),
             retired: Mutex::new(Vec::new()),
+            generation: watch::Sender::new(0),
+            sweep: Notify::new(),
+            drain_started: Notify::new(),
         }
+    }
+
+    /// A receiver that sees every full rebuild (a new generation): new,
+    /// removed or re-set backends. Readiness-only refreshes do not count.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Ask for a full rebuild soon (registry changes). Cheap and
@@ -163,6 +183,8 @@ impl Publisher {
     pub fn nudge_service(&self, service: &Arc<str>) {
         self.lock_pending().services.insert(Arc::clone(service));
         self.dirty.notify_one();
+        // Perhaps an ejection: the sweeper learns when it ends.
+        self.sweep.notify_one();
     }
 
     /// The task that turns nudges into rebuilds, at most one per `COALESCE`.
@@ -212,35 +234,81 @@ impl Publisher {
     pub fn apply_config(&self, config: Arc<Config>) {
         let mut state = self.lock();
         state.config = config;
-        let table = state.rebuild();
-        self.publish(table);
+        self.publish_rebuilt(&mut state);
     }
 
-    /// Every 250 ms: bring back backends whose ejection time is up, and free
-    /// replaced tables that requests have let go of.
+    /// Bring back backends when their ejection time is up, and free replaced
+    /// tables once requests have let go of them; sleeps until one of those
+    /// is due (woken by ejections and publications), so an idle proxy does
+    /// no work here. Runs until aborted.
     pub async fn run_sweeper(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
-            tick.tick().await;
+            let woken = self.sweep.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             self.release_retired();
-            let table = self.table.load();
-            let mut expired = HashSet::new();
-            for backend in table.backends().filter(|b| b.ejection_expired()) {
+            let next_end = self.end_ejections();
+            let retired = !self
+                .retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty();
+            // A retired table is let go of by its last request, which says
+            // nothing: look again shortly while one is held.
+            let wait = match (next_end, retired) {
+                (Some(end), true) => Some(end.min(RETIRED_RECHECK)),
+                (Some(end), false) => Some(end),
+                (None, true) => Some(RETIRED_RECHECK),
+                (None, false) => None,
+            };
+            match wait {
+                Some(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut woken => {}
+                    }
+                }
+                None => woken.await,
+            }
+        }
+    }
+
+    /// End the ejections whose time is up (their services get fresh ready
+    /// lists); returns how long until the next one ends.
+    fn end_ejections(&self) -> Option<Duration> {
+        let table = self.table.load();
+        let mut expired = HashSet::new();
+        let mut next: Option<u64> = None;
+        for backend in table.backends() {
+            if backend.ejection_expired() {
                 backend.clear_ejection();
                 tracing::info!(service = %backend.service, backend = %backend.address, "ejection over");
                 expired.insert(Arc::clone(&backend.service));
-            }
-            for name in expired {
-                self.nudge_service(&name);
+            } else if let Some(left) = backend.ejection_left_ms() {
+                next = Some(next.map_or(left, |n| n.min(left)));
             }
         }
+        for name in expired {
+            self.lock_pending().services.insert(name);
+            self.dirty.notify_one();
+        }
+        next.map(Duration::from_millis)
     }
 
     /// Rebuild from the current sources (after a health or registry change).
     pub fn republish(&self) {
         let mut state = self.lock();
+        self.publish_rebuilt(&mut state);
+    }
+
+    /// Rebuild, publish, and announce the new generation.
+    fn publish_rebuilt(&self, state: &mut State) {
         let table = state.rebuild();
         self.publish(table);
+        self.generation.send_modify(|g| *g += 1);
+        if state.registered.is_draining() {
+            self.drain_started.notify_one();
+        }
     }
 
     /// Swap `table` in. The table it replaces is kept until no request holds
@@ -252,6 +320,9 @@ impl Publisher {
         let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
         retired.push(old);
         release_unused(&mut retired);
+        if !retired.is_empty() {
+            self.sweep.notify_one();
+        }
     }
 
     /// Drop the retired tables no request holds any more (the sweeper calls

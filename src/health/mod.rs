@@ -1,9 +1,9 @@
 //! Active health checks: one checker task per backend of every service that
 //! has a `[services.NAME.health_check]` table.
 //!
-//! The [`Supervisor`] watches the published table (it polls the `ArcSwap`
-//! pointer every [`POLL`]; a new pointer means a reload, a registration or a
-//! health change) and reconciles its tasks with it: it starts a checker for a
+//! The [`Supervisor`] waits on the publisher's generation (bumped by every
+//! full rebuild: a reload, a registration, a departure) and reconciles its
+//! tasks with the new table: it starts a checker for a
 //! backend it has not seen (configured and registered ones alike), stops the
 //! checker of a backend that left the table or started draining, and restarts
 //! one whose service's check settings changed — the backend keeps its health,
@@ -35,10 +35,6 @@ use crate::table::{Publisher, Table};
 use checker::{CheckCounters, Checker, Grid, Start};
 pub use http::{HttpProbe, ProbeTls};
 pub use tcp::TcpProbe;
-
-/// How often the supervisor looks for a new table. Registered instances must
-/// join within a second (SPEC §3); this keeps their first check well inside.
-pub const POLL: Duration = Duration::from_millis(200);
 
 /// One health attempt against one address. Thresholds are not its business:
 /// it answers pass (`Ok`) or fail (`Err`, with why), within its own timeout.
@@ -152,18 +148,15 @@ impl Supervisor {
 
     /// Reconcile with every new table until aborted.
     pub async fn run(mut self) {
-        let mut last: Option<Arc<Table>> = None;
-        let mut tick = tokio::time::interval(POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut generations = self.publisher.subscribe();
         loop {
-            tick.tick().await;
+            generations.mark_unchanged();
             let table = self.publisher.table().load_full();
-            // Holding the last table keeps its address from being reused.
-            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &table)) {
-                continue;
-            }
             self.reconcile(&table);
-            last = Some(table);
+            drop(table);
+            if generations.changed().await.is_err() {
+                return; // the publisher is gone
+            }
         }
     }
 

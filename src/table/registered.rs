@@ -196,6 +196,11 @@ impl Registered {
         self.gone.clear();
     }
 
+    /// Whether any backend is draining.
+    pub(super) fn is_draining(&self) -> bool {
+        !self.draining.is_empty()
+    }
+
     /// Whether a draining backend has finished (time to republish).
     fn drains_finished(&self) -> bool {
         self.draining.iter().any(|b| b.active_requests() == 0)
@@ -236,8 +241,7 @@ impl Publisher {
     pub fn attach_registry(&self, registry: Arc<Registry>) {
         let mut state = self.lock();
         state.registered.registry = Some(registry);
-        let table = state.rebuild();
-        self.publish(table);
+        self.publish_rebuilt(&mut state);
     }
 
     /// An instance left the registry: from now on it gets no new request
@@ -256,15 +260,28 @@ impl Publisher {
     }
 
     /// Republish whenever a draining backend's last request has finished, so
-    /// it leaves the listings; runs until aborted.
+    /// it leaves the listings; runs until aborted. It looks only while
+    /// something drains (a request's end says nothing, so then it polls),
+    /// and otherwise sleeps until a drain starts.
     pub async fn run_drain_sweeper(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(DRAIN_SWEEP);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            let finished = self.lock().registered.drains_finished();
+            let started = self.drain_started.notified();
+            tokio::pin!(started);
+            started.as_mut().enable();
+            let (draining, finished) = {
+                let state = self.lock();
+                (
+                    state.registered.is_draining(),
+                    state.registered.drains_finished(),
+                )
+            };
             if finished {
                 self.republish();
+                continue;
+            }
+            match draining {
+                true => tokio::time::sleep(DRAIN_SWEEP).await,
+                false => started.await,
             }
         }
     }
