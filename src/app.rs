@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyService};
 use crate::registry::{self, Registry, StoreError};
 use crate::reload::Reloader;
+use crate::source::BackendSource;
 use crate::table::Publisher;
 use crate::tls::{self, TlsError};
 
@@ -104,14 +105,7 @@ impl App {
         let http_builder = Arc::new(listener::http_builder(&config.proxy));
         let metrics = Metrics::new();
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
-        publisher.attach_registry(Arc::clone(&registry));
-        // Weak: the publisher holds the registry; no reference cycle.
-        let nudge = Arc::downgrade(&publisher);
-        registry.on_change(move || {
-            if let Some(publisher) = nudge.upgrade() {
-                publisher.nudge();
-            }
-        });
+        publisher.add_source(Arc::clone(&registry) as Arc<dyn BackendSource>);
         registry.set_routing_hook(RoutingToTable(Arc::downgrade(&publisher)));
         let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone());
         let control = ControlPlane::start(config.admin.priority).map_err(StartError::Control)?;
@@ -223,6 +217,9 @@ impl App {
             control.spawn(Arc::clone(registry).run_expiry()),
             control.spawn(Arc::clone(registry).run_notifier()),
             control.spawn(Arc::clone(&self.publisher).run_drain_sweeper()),
+            control.spawn(
+                Arc::clone(&self.publisher).follow(Arc::clone(registry) as Arc<dyn BackendSource>),
+            ),
         ];
         match self.follow_from {
             // etcd took every write before it was answered: nothing to save.

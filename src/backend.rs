@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 use prometheus::IntCounter;
 
-/// Who declared a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Who declared a backend (ordered: a service lists configured backends
+/// before registered ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
     Config,
     Registry,

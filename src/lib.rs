@@ -4,25 +4,29 @@
 //! Requests come in on the proxy listeners, are routed by host and path to a
 //! service, balanced over that service's ready backends, and forwarded through
 //! pooled upstream connections; everything the request path reads is one
-//! immutable [`table::Table`] swapped in atomically whenever the config (or,
-//! later, the registry and health checkers) changes.
+//! immutable [`table::Table`] swapped in atomically whenever a source of
+//! backends (the config, the registry), a health checker or an ejection
+//! changes something.
 //!
 //! # Layout
 //!
 //! - [`config`]: the TOML contract, parsed strictly and validated with line:column errors.
 //! - [`app`]: composition root — binds listeners, builds state, runs, drains.
 //! - [`control`]: the control-plane thread (admin API, registry tasks, rebuilds) and its priority.
-//! - [`table`]: the published snapshot and its single writer, the publisher.
+//! - [`table`]: the published snapshot and its single writer, the publisher
+//!   (one merge of every source's backends, a publish generation to wait on).
+//! - [`source`]: the `BackendSource` seam (config, registry): who says which backends exist.
 //! - [`backend`]: one upstream instance and its live atomics (in-flight, health).
 //! - [`balance`]: selection policies (round robin, least connections).
 //! - [`health`]: active health checks — a supervisor, one checker task per backend, probes.
 //! - [`routing`]: host and path-prefix precedence.
 //! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
-//! - [`listener`]: accept loops, connection limits, idle timeouts, graceful close.
+//! - [`listener`]: accept loops, connection limits, header-read and idle timeouts, graceful close.
 //! - [`tls`]: rustls settings — listener certificates chosen by SNI, TLS to backends.
 //! - [`admin`]: /healthz, /readyz, /metrics and the /v1 API.
 //! - [`metrics`]: the owned Prometheus registry and pre-resolved handles.
-//! - [`registry`]: registered instances, leases, the durable store, the `register` client.
+//! - [`registry`]: registered instances, leases, the stores (memory, file, etcd for
+//!   cluster mode), the `register` client.
 //! - [`reload`]: config reloads from SIGHUP, file changes and the admin API.
 //! - [`shutdown`]: process signals.
 #![forbid(unsafe_code)]
@@ -41,5 +45,6 @@ pub mod registry;
 pub mod reload;
 pub mod routing;
 pub mod shutdown;
+pub mod source;
 pub mod table;
 pub mod tls;

@@ -16,14 +16,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 
-use crate::backend::{Backend, Health, Source};
+use crate::backend::{Backend, Health};
 use crate::balance::Balancer;
 use crate::config::{BalancePolicy, Config, ServiceConfig};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::proxy::retry::RetryBudget;
 use crate::proxy::upstream::{Upstream, UpstreamKey};
 use crate::routing::{RouteSpec, RouteTable};
+use crate::source::{merge_sorted, BackendSource, StaticSource};
 
+mod members;
 mod registered;
 
 /// One immutable snapshot of everything the request path reads.
@@ -127,15 +129,16 @@ impl Service {
 struct State {
     config: Arc<Config>,
     metrics: Metrics,
-    backends: HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
+    /// The sources besides the config (the registry), merged into every rebuild.
+    sources: Vec<Arc<dyn BackendSource>>,
+    /// Every service's backends from every source, with their live state.
+    members: members::Members,
     clients: HashMap<UpstreamKey, Upstream>,
     service_metrics: HashMap<Arc<str>, Arc<ServiceMetrics>>,
     budgets: HashMap<Arc<str>, Arc<RetryBudget>>,
     /// Balancer cursors, so a rebuild does not restart round robin at the
     /// first backend (which, with frequent rebuilds, would favour it).
     cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
-    /// Registered instances: their backends, drains, the registry handle.
-    registered: registered::Registered,
 }
 
 impl Publisher {
@@ -144,12 +147,12 @@ impl Publisher {
         let mut state = State {
             config,
             metrics,
-            backends: HashMap::new(),
+            sources: Vec::new(),
+            members: members::Members::default(),
             clients: HashMap::new(),
             service_metrics: HashMap::new(),
             budgets: HashMap::new(),
             cursors: HashMap::new(),
-            registered: registered::Registered::default(),
         };
         let table = Arc::new(ArcSwap::from_pointee(state.rebuild()));
         Publisher {
@@ -306,7 +309,7 @@ impl Publisher {
         let table = state.rebuild();
         self.publish(table);
         self.generation.send_modify(|g| *g += 1);
-        if state.registered.is_draining() {
+        if state.members.is_draining() {
             self.drain_started.notify_one();
         }
     }
@@ -341,9 +344,11 @@ impl Publisher {
 impl State {
     fn rebuild(&mut self) -> Table {
         let config = Arc::clone(&self.config);
-        let names = service_names(&config);
-        let names = self.registered.begin(names, &config, &self.metrics);
-        let mut kept = HashMap::with_capacity(self.backends.len());
+        self.merge_sources(&config);
+        let mut names = service_names(&config);
+        names.extend(self.members.services().cloned());
+        names.sort_unstable();
+        names.dedup();
         let mut services = Vec::with_capacity(names.len());
         let mut by_name = HashMap::with_capacity(names.len());
         for name in &names {
@@ -354,13 +359,11 @@ impl State {
                     .cloned()
                     .unwrap_or_default(),
             );
-            let service = self.build_service(Arc::clone(name), settings, &mut kept);
+            let service = self.build_service(Arc::clone(name), settings);
             by_name.insert(Arc::clone(name), services.len());
             services.push(Arc::new(service));
         }
-        self.forget_removed(&kept, &services);
-        self.backends = kept;
-        self.registered.finish(&self.metrics, &self.backends);
+        self.members.finish(&self.metrics);
         self.service_metrics.retain(|k, _| by_name.contains_key(k));
         self.budgets.retain(|k, _| by_name.contains_key(k));
         self.cursors.retain(|k, _| by_name.contains_key(k));
@@ -374,34 +377,26 @@ impl State {
         }
     }
 
-    fn build_service(
-        &mut self,
-        name: Arc<str>,
-        settings: Arc<ServiceConfig>,
-        kept: &mut HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
-    ) -> Service {
-        let mut backends = Vec::with_capacity(settings.backends.len());
-        for declared in &settings.backends {
-            let id: Arc<str> = Arc::from(declared.address.as_str());
-            let key = (Arc::clone(&name), id);
-            let backend = match self.backends.get(&key) {
-                Some(existing) if existing.resolved == declared.resolved => {
-                    existing.set_weight(declared.weight);
-                    Arc::clone(existing)
-                }
-                _ => {
-                    let fresh = self.new_backend(&name, &key.1, declared.resolved, declared.weight);
-                    if settings.health_check.is_some() {
-                        // SPEC §2: no traffic until the first check passes.
-                        fresh.set_health(Health::Unknown);
-                    }
-                    fresh
-                }
-            };
-            kept.insert(key, Arc::clone(&backend));
-            backends.push(backend);
+    /// What every source declares now, merged into the live backends.
+    fn merge_sources(&mut self, config: &Config) {
+        let mut declared = Vec::new();
+        StaticSource::declared(config, &mut declared);
+        for source in &self.sources {
+            let mut more = Vec::new();
+            source.declared(config, &mut more);
+            declared = merge_sorted(declared, more);
         }
-        self.registered.add(&name, &mut backends);
+        let checked = |name: &str| {
+            config
+                .services
+                .get(name)
+                .is_some_and(|s| s.health_check.is_some())
+        };
+        self.members.merge(&declared, &checked, &self.metrics);
+    }
+
+    fn build_service(&mut self, name: Arc<str>, settings: Arc<ServiceConfig>) -> Service {
+        let backends = self.members.backends(&name);
         if settings.health_check.is_none() {
             // Checks switched off (or never on): everyone counts as healthy.
             backends.iter().for_each(|b| b.set_health(Health::Healthy));
@@ -426,24 +421,6 @@ impl State {
         }
     }
 
-    fn new_backend(
-        &self,
-        service: &Arc<str>,
-        address: &Arc<str>,
-        resolved: std::net::SocketAddr,
-        weight: u32,
-    ) -> Arc<Backend> {
-        Arc::new(Backend::new(
-            Arc::clone(service),
-            Arc::clone(address),
-            Arc::clone(address),
-            resolved,
-            weight,
-            Source::Config,
-            self.metrics.backend_counters(service, address),
-        ))
-    }
-
     fn client(&mut self, service: &Arc<str>, settings: &ServiceConfig) -> Upstream {
         let key = UpstreamKey::new(service, settings);
         if key.service().is_some() {
@@ -465,35 +442,6 @@ impl State {
                 .entry(Arc::clone(name))
                 .or_insert_with(|| metrics.service(name)),
         )
-    }
-
-    /// Drop metric series of backends that left (ones still in flight keep
-    /// their `Arc` alive through their guards; only the series go).
-    /// A series is shared by every backend with the same (service, address),
-    /// so one still used by a backend of the new table (a registered instance
-    /// at a removed configured address, say) is kept.
-    fn forget_removed(
-        &self,
-        kept: &HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
-        services: &[Arc<Service>],
-    ) {
-        let mut live: Option<HashSet<(&str, &str)>> = None;
-        for (key, backend) in &self.backends {
-            if kept.contains_key(key) {
-                continue;
-            }
-            let live = live.get_or_insert_with(|| {
-                services
-                    .iter()
-                    .flat_map(|s| s.backends.iter())
-                    .map(|b| (&*b.service, &*b.address))
-                    .collect()
-            });
-            if !live.contains(&(&*backend.service, &*backend.address)) {
-                self.metrics
-                    .forget_backend(&backend.service, &backend.address);
-            }
-        }
     }
 }
 

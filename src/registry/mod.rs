@@ -57,7 +57,9 @@ pub use etcd::{EtcdError, EtcdStore};
 pub use instance::{Instance, Registration};
 pub use store::{RegistryStore, StoreError};
 
+use crate::backend::Source;
 use crate::config::RegistryConfig;
+use crate::source::{BackendSource, Declared};
 use address::Policy;
 use error::Shown;
 use instance::check_name;
@@ -88,9 +90,10 @@ pub struct Registry {
     saved: Arc<tokio::sync::Mutex<u64>>,
     /// Switchyard's own listen addresses: never registrable (a loop).
     own_listeners: Vec<SocketAddr>,
-    /// Called on every membership change, from the writer's thread: the
-    /// publisher's `nudge` (cheap, coalescing; no task hop in between).
-    on_change: OnceLock<OnChange>,
+    /// Bumped on every membership change the table should see (joins
+    /// batched by `run_notifier`, departures at once): the publisher follows
+    /// it ([`BackendSource::changes`]).
+    membership: watch::Sender<u64>,
     /// Told of every departure and lease change before the write that made
     /// it is answered (exact departure, SPEC §3).
     routing: OnceLock<Hook>,
@@ -114,15 +117,6 @@ struct Hook(Box<dyn RoutingHook>);
 impl std::fmt::Debug for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RoutingHook")
-    }
-}
-
-/// A membership-change callback.
-struct OnChange(Box<dyn Fn() + Send + Sync>);
-
-impl std::fmt::Debug for OnChange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OnChange")
     }
 }
 
@@ -256,7 +250,7 @@ impl Registry {
             store,
             saved: Arc::new(tokio::sync::Mutex::new(0)),
             own_listeners,
-            on_change: OnceLock::new(),
+            membership: watch::Sender::new(0),
             routing: OnceLock::new(),
             cluster: None,
         }
@@ -530,13 +524,6 @@ impl Registry {
         }
     }
 
-    /// Call `f` after every membership change (once set, it stays).
-    pub fn on_change(&self, f: impl Fn() + Send + Sync + 'static) {
-        if self.on_change.set(OnChange(Box::new(f))).is_err() {
-            tracing::warn!("registry change callback already set; ignoring another");
-        }
-    }
-
     /// The membership index now.
     pub fn index(&self) -> u64 {
         *self.index.borrow()
@@ -587,17 +574,38 @@ impl Registry {
         }
     }
 
-    /// Call the change callback, if one is set.
+    /// Tell the table's publisher that membership changed.
     fn notify_change(&self) {
-        if let Some(OnChange(f)) = self.on_change.get() {
-            f();
-        }
+        self.membership.send_modify(|n| *n += 1);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every mutation completes before the guard drops; a panic cannot
         // leave a half-made change behind.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// === impl BackendSource ===
+
+impl BackendSource for Registry {
+    /// Every registered instance, sorted by (service, id) as the snapshot is.
+    fn declared(&self, _config: &crate::config::Config, into: &mut Vec<Declared>) {
+        let snapshot = self.snapshot();
+        into.reserve(snapshot.len());
+        into.extend(snapshot.instances().map(|i| Declared {
+            service: Arc::clone(&i.service),
+            id: Arc::clone(&i.id),
+            address: Arc::clone(&i.address),
+            resolved: i.resolved,
+            weight: i.weight,
+            source: Source::Registry,
+            expires_at: i.expires_at,
+        }));
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.membership.subscribe()
     }
 }
 

@@ -378,43 +378,28 @@ async fn watchers_see_membership_changes() {
 
 #[tokio::test(start_paused = true)]
 async fn joins_are_batched_and_departures_are_immediate() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::source::BackendSource;
     let c = RegistryConfig {
         max_instances_per_service: 100,
         ..config()
     };
     let r = Arc::new(Registry::in_memory(vec![]));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    r.on_change(move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-    });
+    let changes = r.changes();
+    let calls = || *changes.borrow();
     let notifier = tokio::spawn(Arc::clone(&r).run_notifier());
     register(&r, &c, "users", "first", None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "the first join is told at once"
-    );
+    assert_eq!(calls(), 1, "the first join is told at once");
     for i in 0..50 {
         register(&r, &c, "users", &format!("i{i}"), None)
             .await
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "a burst waits for the batch"
-    );
+    assert_eq!(calls(), 1, "a burst waits for the batch");
     tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "then one call covers it");
+    assert_eq!(calls(), 2, "then one call covers it");
     r.deregister("users", "first").await.unwrap();
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        3,
-        "a departure is told at once"
-    );
+    assert_eq!(calls(), 3, "a departure is told at once");
     notifier.abort();
 }

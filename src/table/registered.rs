@@ -1,260 +1,63 @@
-//! Registered instances in the published table.
+//! The registry's side of the publisher: attaching sources, the
+//! synchronous departure hooks, and the drain sweeper.
 //!
-//! The publisher merges the registry's snapshot into every rebuild: a service
-//! may be declared in the config, named by a route, or exist only in the
-//! registry, and its configured and registered backends balance together.
-//! Registered backends are kept here, apart from configured ones, keyed by
-//! (service, instance id), so the two can never collide even when an id looks
-//! like an address. A registered backend survives rebuilds while it stays
-//! registered at the same resolved address (a new weight is applied in
-//! place); a new address makes a new backend.
+//! Registered instances reach the table through the registry's
+//! [`BackendSource`] implementation and the one merge in `members`, beside the
+//! configured backends: a service may be declared in the config, named by a
+//! route, or exist only in the registry, and its configured and registered
+//! backends balance together.
 //!
-//! Deregistration drains: an instance that leaves the registry (DELETE or
-//! lease expiry) while requests are in flight on it stays in the service's
-//! `backends`, marked draining (so never in `ready`), until its in-flight
-//! count reaches zero; [`Publisher::run_drain_sweeper`] republishes when that
-//! happens, and the backend disappears.
+//! Departures drain: an instance that leaves the registry (DELETE, lease
+//! expiry, an etcd delete) while requests are in flight on it stays in the
+//! service's `backends`, marked draining (so never picked), until its
+//! in-flight count reaches zero; [`Publisher::run_drain_sweeper`] republishes
+//! when that happens, and the backend disappears. The departure itself is
+//! exact: [`Publisher::instance_left`] marks the live backend before the
+//! registry answers, so no new request reaches it, whatever table is current.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Publisher, State};
-use crate::backend::{Backend, Health, Source};
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::registry::{Instance, Registry};
+use super::Publisher;
+use crate::backend::Source;
+use crate::source::BackendSource;
 
-/// How often the sweeper looks for finished drains.
+/// How often the sweeper looks for finished drains while something drains.
 const DRAIN_SWEEP: Duration = Duration::from_millis(250);
-
-/// The registry's share of the publisher's state.
-#[derive(Debug, Default)]
-pub(super) struct Registered {
-    registry: Option<Arc<Registry>>,
-    /// Per service, its registered backends in the table, sorted by id (the
-    /// snapshot's order), so a rebuild merges two sorted lists in one pass
-    /// instead of looking every instance up.
-    live: HashMap<Arc<str>, Vec<Arc<Backend>>>,
-    /// Left the registry with requests in flight: listed, never picked.
-    draining: Vec<Arc<Backend>>,
-    /// Left the table in this rebuild; their metric series go in `finish`.
-    gone: Vec<Arc<Backend>>,
-}
-
-impl Registered {
-    /// Start a rebuild: merge the registry's snapshot into the live
-    /// backends (reusing, creating, retiring), end finished drains, and
-    /// return `names` plus every service that has registered or draining
-    /// backends, sorted.
-    pub(super) fn begin(
-        &mut self,
-        names: Vec<Arc<str>>,
-        config: &Config,
-        metrics: &Metrics,
-    ) -> Vec<Arc<str>> {
-        let snapshot = self
-            .registry
-            .as_ref()
-            .map(|r| r.snapshot())
-            .unwrap_or_default();
-        let mut previous = std::mem::take(&mut self.live);
-        for (service, instances) in snapshot.services() {
-            let old = previous.remove(service).unwrap_or_default();
-            let checked = config
-                .services
-                .get(&**service)
-                .is_some_and(|s| s.health_check.is_some());
-            let merged = self.merge(instances, old, checked, metrics);
-            self.live.insert(Arc::clone(service), merged);
-        }
-        for backend in previous.into_values().flatten() {
-            self.retire(backend);
-        }
-        self.end_drains();
-        let mut all: Vec<Arc<str>> = names;
-        all.extend(self.live.keys().cloned());
-        all.extend(self.draining.iter().map(|b| Arc::clone(&b.service)));
-        all.sort_unstable();
-        all.dedup();
-        all
-    }
-
-    /// One service: walk its instances and its previous backends, both
-    /// sorted by id. Same id and address: keep the backend (new weight in
-    /// place); a new address: a new backend; gone: retire.
-    fn merge(
-        &mut self,
-        instances: &[Arc<Instance>],
-        old: Vec<Arc<Backend>>,
-        checked: bool,
-        metrics: &Metrics,
-    ) -> Vec<Arc<Backend>> {
-        let mut merged = Vec::with_capacity(instances.len());
-        let mut old = old.into_iter().peekable();
-        for instance in instances {
-            while let Some(passed) = old.next_if(|b| *b.id < *instance.id) {
-                self.retire(passed);
-            }
-            let backend = match old.next_if(|b| same_id(b, instance)) {
-                Some(kept) if kept.resolved == instance.resolved => {
-                    kept.set_weight(instance.weight);
-                    // Registered again after a departure this table had not
-                    // yet seen: it takes requests again.
-                    kept.set_draining(false);
-                    kept.set_lease_end(instance.expires_at);
-                    kept
-                }
-                moved => {
-                    if let Some(moved) = moved {
-                        self.retire(moved);
-                    }
-                    self.revive(instance)
-                        .unwrap_or_else(|| new_backend(instance, checked, metrics))
-                }
-            };
-            merged.push(backend);
-        }
-        for passed in old {
-            self.retire(passed);
-        }
-        merged
-    }
-
-    /// Drain a backend with requests in flight; forget one without.
-    fn retire(&mut self, backend: Arc<Backend>) {
-        if backend.active_requests() > 0 {
-            backend.set_draining(true);
-            tracing::info!(service = %backend.service, id = %backend.id, active = backend.active_requests(), "registered instance left; draining");
-            self.draining.push(backend);
-        } else {
-            self.gone.push(backend);
-        }
-    }
-
-    /// A draining backend registered again at the same address comes back,
-    /// keeping its in-flight count and counters.
-    fn revive(&mut self, instance: &Instance) -> Option<Arc<Backend>> {
-        let at = self.draining.iter().position(|b| {
-            b.service == instance.service && same_id(b, instance) && b.resolved == instance.resolved
-        })?;
-        let backend = self.draining.swap_remove(at);
-        backend.set_draining(false);
-        backend.set_lease_end(instance.expires_at);
-        Some(backend)
-    }
-
-    /// A registered backend in the table now, by id.
-    fn find(&self, service: &str, id: &str) -> Option<&Arc<Backend>> {
-        let live = self.live.get(service)?;
-        let at = live.binary_search_by(|b| (*b.id).cmp(id)).ok()?;
-        live.get(at)
-    }
-
-    /// Draining backends whose requests have all finished go.
-    fn end_drains(&mut self) {
-        for backend in std::mem::take(&mut self.draining) {
-            if backend.active_requests() == 0 {
-                tracing::info!(service = %backend.service, id = %backend.id, "drain finished");
-                self.gone.push(backend);
-            } else {
-                self.draining.push(backend);
-            }
-        }
-    }
-
-    /// Append `service`'s registered and draining backends to `backends`.
-    pub(super) fn add(&self, service: &Arc<str>, backends: &mut Vec<Arc<Backend>>) {
-        if let Some(live) = self.live.get(service) {
-            backends.extend(live.iter().cloned());
-        }
-        let draining = self.draining.iter().filter(|b| b.service == *service);
-        backends.extend(draining.cloned());
-    }
-
-    /// End a rebuild: drop the metric series of backends that left, unless
-    /// a backend still in the table reports under the same labels.
-    pub(super) fn finish(
-        &mut self,
-        metrics: &Metrics,
-        configured: &HashMap<(Arc<str>, Arc<str>), Arc<Backend>>,
-    ) {
-        if self.gone.is_empty() {
-            return;
-        }
-        let in_use: HashSet<(&str, &str)> = configured
-            .values()
-            .chain(self.live.values().flatten())
-            .chain(self.draining.iter())
-            .map(|b| (&*b.service, &*b.address))
-            .collect();
-        for backend in &self.gone {
-            if !in_use.contains(&(&*backend.service, &*backend.address)) {
-                metrics.forget_backend(&backend.service, &backend.address);
-            }
-        }
-        self.gone.clear();
-    }
-
-    /// Whether any backend is draining.
-    pub(super) fn is_draining(&self) -> bool {
-        !self.draining.is_empty()
-    }
-
-    /// Whether a draining backend has finished (time to republish).
-    fn drains_finished(&self) -> bool {
-        self.draining.iter().any(|b| b.active_requests() == 0)
-    }
-}
-
-/// The same instance id (pointer equality first: a renewed or re-published
-/// instance shares its id's allocation with the backend made from it).
-fn same_id(backend: &Backend, instance: &Instance) -> bool {
-    Arc::ptr_eq(&backend.id, &instance.id) || backend.id == instance.id
-}
-
-/// A backend for a registered instance. With active checks it starts
-/// `Unknown` and takes no traffic until a check passes (SPEC §2), like a
-/// configured one.
-fn new_backend(instance: &Instance, checked: bool, metrics: &Metrics) -> Arc<Backend> {
-    let backend = Backend::new(
-        Arc::clone(&instance.service),
-        Arc::clone(&instance.id),
-        Arc::clone(&instance.address),
-        instance.resolved,
-        instance.weight,
-        Source::Registry,
-        metrics.backend_counters(&instance.service, &instance.address),
-    );
-    if checked {
-        backend.set_health(Health::Unknown);
-    }
-    backend.set_lease_end(instance.expires_at);
-    Arc::new(backend)
-}
 
 // === impl Publisher ===
 
 impl Publisher {
-    /// Merge `registry`'s instances into every rebuild from now on, and
+    /// Merge `source`'s backends into every rebuild from now on, and
     /// publish at once (instances loaded from a durable store included).
-    pub fn attach_registry(&self, registry: Arc<Registry>) {
+    /// [`Publisher::follow`] rebuilds when it changes.
+    pub fn add_source(&self, source: Arc<dyn BackendSource>) {
         let mut state = self.lock();
-        state.registered.registry = Some(registry);
+        state.sources.push(source);
         self.publish_rebuilt(&mut state);
+    }
+
+    /// Rebuild (coalesced) whenever `source` changes; runs until aborted or
+    /// the source is gone.
+    pub async fn follow(self: Arc<Self>, source: Arc<dyn BackendSource>) {
+        let mut changes = source.changes();
+        drop(source);
+        while changes.changed().await.is_ok() {
+            self.nudge();
+        }
     }
 
     /// An instance left the registry: from now on it gets no new request
     /// (the rebuild that removes it from the table comes later).
     pub fn instance_left(&self, service: &str, id: &str) {
-        if let Some(backend) = self.lock().registered.find(service, id) {
+        if let Some(backend) = self.lock().members.find(service, Source::Registry, id) {
             backend.set_draining(true);
         }
     }
 
     /// An instance's lease now ends at `expires_at`.
     pub fn instance_lease(&self, service: &str, id: &str, expires_at: Option<SystemTime>) {
-        if let Some(backend) = self.lock().registered.find(service, id) {
+        if let Some(backend) = self.lock().members.find(service, Source::Registry, id) {
             backend.set_lease_end(expires_at);
         }
     }
@@ -270,10 +73,7 @@ impl Publisher {
             started.as_mut().enable();
             let (draining, finished) = {
                 let state = self.lock();
-                (
-                    state.registered.is_draining(),
-                    state.registered.drains_finished(),
-                )
+                (state.members.is_draining(), state.members.drains_finished())
             };
             if finished {
                 self.republish();
@@ -287,15 +87,6 @@ impl Publisher {
     }
 }
 
-impl State {
-    /// Registered backends in the table now, draining ones included (tests).
-    #[cfg(test)]
-    fn registered_backends(&self) -> usize {
-        let live: usize = self.registered.live.values().map(Vec::len).sum();
-        live + self.registered.draining.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -303,8 +94,10 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
+    use crate::backend::Health;
     use crate::config::{Config, RegistryConfig};
-    use crate::registry::{Limits, Registration};
+    use crate::metrics::Metrics;
+    use crate::registry::{Limits, Registration, Registry};
     use crate::table::Table;
 
     async fn setup(config_toml: &str) -> (Arc<Publisher>, Arc<Registry>, RegistryConfig) {
@@ -313,7 +106,7 @@ mod tests {
         let registry_config = config.registry.clone();
         let publisher = Arc::new(Publisher::new(Arc::new(config), Metrics::new()));
         let registry = Arc::new(Registry::in_memory(vec![]));
-        publisher.attach_registry(Arc::clone(&registry));
+        publisher.add_source(Arc::clone(&registry) as Arc<dyn BackendSource>);
         (publisher, registry, registry_config)
     }
 
@@ -444,15 +237,15 @@ mod tests {
             ]
         );
         assert!(a.is_draining());
-        assert!(!publisher.lock().registered.drains_finished());
+        assert!(!publisher.lock().members.drains_finished());
         drop(in_flight);
-        assert!(publisher.lock().registered.drains_finished());
+        assert!(publisher.lock().members.drains_finished());
         publisher.republish();
         assert_eq!(
             ids(&publisher.table().load_full(), "users"),
             [("b".into(), "registry", true)]
         );
-        assert_eq!(publisher.lock().registered_backends(), 1);
+        assert_eq!(publisher.lock().members.len(), 1);
     }
 
     #[tokio::test]
