@@ -53,10 +53,10 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("cannot start the control-plane thread: {0}")]
     Control(#[source] io::Error),
-    /// Cluster mode: etcd did not answer within `dial_timeout` (the message
-    /// names the endpoints).
-    #[error("cannot load the registry from etcd: {0}")]
-    Etcd(#[from] crate::registry::EtcdError),
+    /// Cluster mode: the shared store did not answer within `dial_timeout`
+    /// (the message names its endpoints).
+    #[error("cannot load the registry: {0}")]
+    SharedStore(#[from] crate::registry::SharedError),
 }
 
 /// A bound, not yet serving, Switchyard.
@@ -344,7 +344,10 @@ async fn open_registry(
         .collect();
     own.extend(config.proxy.tls.iter().map(|t| t.listen));
     if let StoreConfig::Etcd(etcd) = &config.registry.store {
-        let store = registry::EtcdStore::connect(etcd).await?;
+        let store = registry::EtcdStore::connect(etcd)
+            .await
+            .map_err(registry::SharedError::from)?;
+        let store: Arc<dyn registry::SharedStore> = Arc::new(store);
         let (registry, revision) = Registry::open_cluster(store, &config.registry, own).await?;
         return Ok((Arc::new(registry), Some(revision)));
     }

@@ -1,4 +1,5 @@
-//! Cluster mode: a registry that follows etcd (see [`super::etcd`]).
+//! Cluster mode: a registry that follows a shared store (etcd:
+//! [`super::etcd`]; the seam is [`super::shared::SharedStore`]).
 //!
 //! At start-up the node lists the prefix and starts from that; then
 //! [`Registry::run_follower`] applies the watch's changes as they come. When
@@ -13,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::etcd::{Change as EtcdChange, EtcdError, EtcdStore, Listing, Stored};
+use super::shared::{Change as StoreChange, Listing, SharedError, SharedStore, Stored};
 use super::{lease, Change, Key, Origin, Registry};
 use crate::config::RegistryConfig;
 
@@ -27,10 +28,10 @@ impl Registry {
     /// store's `dial_timeout`). Returns it and the listing's revision, where
     /// [`Registry::run_follower`] starts.
     pub async fn open_cluster(
-        cluster: EtcdStore,
+        cluster: Arc<dyn SharedStore>,
         config: &RegistryConfig,
         own_listeners: Vec<std::net::SocketAddr>,
-    ) -> Result<(Registry, i64), EtcdError> {
+    ) -> Result<(Registry, i64), SharedError> {
         // Members may still be starting: keep asking until dial_timeout.
         let deadline = Instant::now() + cluster.dial_timeout();
         let listing = loop {
@@ -38,7 +39,7 @@ impl Registry {
                 Ok(listing) => break listing,
                 Err(e) if Instant::now() + FIRST_RETRY >= deadline => return Err(e),
                 Err(e) => {
-                    tracing::debug!(error = %e, "etcd not answering yet");
+                    tracing::debug!(error = %e, "the shared store is not answering yet");
                     tokio::time::sleep(FIRST_RETRY).await;
                 }
             }
@@ -47,11 +48,11 @@ impl Registry {
             Arc::new(super::store::MemoryStore::default()),
             own_listeners,
         );
-        registry.cluster = Some(Arc::new(cluster));
+        registry.cluster = Some(cluster);
         let revision = listing.revision;
         let count = listing.instances.len();
         registry.reconcile(listing, config);
-        tracing::info!(instances = count, revision, "registry loaded from etcd");
+        tracing::info!(instances = count, revision, store = %registry.cluster.as_ref().map(|c| c.describe()).unwrap_or_default(), "registry loaded from the shared store");
         Ok((registry, revision))
     }
 
@@ -74,7 +75,9 @@ impl Registry {
         loop {
             match self.follow(&cluster, &config, after).await {
                 Ok(never) => match never {},
-                Err(e) => tracing::warn!(error = %e, "etcd watch ended; listing again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, store = %cluster.describe(), "watch on the shared store ended; listing again")
+                }
             }
             loop {
                 tokio::time::sleep(retry).await;
@@ -86,7 +89,7 @@ impl Registry {
                         break;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "etcd list failed; retrying");
+                        tracing::debug!(error = %e, "listing the shared store failed; retrying");
                         retry = (retry * 2).min(MAX_RETRY);
                     }
                 }
@@ -97,23 +100,23 @@ impl Registry {
     /// Watch from `after + 1` and apply every change until the watch fails.
     async fn follow(
         &self,
-        cluster: &EtcdStore,
+        cluster: &Arc<dyn SharedStore>,
         config: &RegistryConfig,
         after: i64,
-    ) -> Result<std::convert::Infallible, EtcdError> {
-        let mut stream = cluster.watch(after + 1).await?;
+    ) -> Result<std::convert::Infallible, SharedError> {
+        let mut stream = cluster.watch(after).await?;
         loop {
-            let changes = cluster.next_changes(&mut stream).await?;
+            let changes = stream.next().await?;
             self.apply_changes(changes, config);
         }
     }
 
     /// Apply a batch of watch events.
-    fn apply_changes(&self, changes: Vec<EtcdChange>, config: &RegistryConfig) {
+    fn apply_changes(&self, changes: Vec<StoreChange>, config: &RegistryConfig) {
         for change in changes {
             match change {
-                EtcdChange::Put(stored) => self.take(stored, config),
-                EtcdChange::Deleted {
+                StoreChange::Put(stored) => self.take(stored, config),
+                StoreChange::Deleted {
                     service,
                     id,
                     revision,

@@ -28,6 +28,7 @@
 //! revision. While etcd cannot be reached, the node keeps what it has.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -36,36 +37,9 @@ use etcd_client::{
 };
 
 use super::instance::Instance;
+use super::shared::{Change, ChangeStream, Listing, SharedError, SharedStore, StoreFuture, Stored};
 use super::store::{decode_instance, encode_instance};
 use crate::config::EtcdConfig;
-
-/// An instance as etcd holds it.
-#[derive(Debug)]
-pub struct Stored {
-    pub instance: Instance,
-    /// Its etcd lease; 0 = none.
-    pub lease: i64,
-    /// The revision that last wrote it.
-    pub revision: i64,
-}
-
-/// Everything under the prefix at one revision.
-#[derive(Debug)]
-pub struct Listing {
-    pub revision: i64,
-    pub instances: Vec<Stored>,
-}
-
-/// One change seen on the watch.
-#[derive(Debug)]
-pub enum Change {
-    Put(Stored),
-    Deleted {
-        service: String,
-        id: String,
-        revision: i64,
-    },
-}
 
 /// Why an etcd request failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +60,31 @@ pub enum EtcdError {
     WatchCancelled(String),
 }
 
+impl From<EtcdError> for SharedError {
+    fn from(e: EtcdError) -> SharedError {
+        match e {
+            EtcdError::WatchCancelled(_) => SharedError::StreamEnded(e.to_string()),
+            EtcdError::Timeout { .. } | EtcdError::Client { .. } => {
+                SharedError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
 /// A connection to the etcd cluster and this registry's prefix in it.
 pub struct EtcdStore {
     client: Client,
     config: EtcdConfig,
+    /// What the store and its watch streams share.
+    shared: Arc<Shared>,
+}
+
+/// The key layout and the reachability flag, shared with watch streams.
+#[derive(Debug)]
+struct Shared {
     /// `<prefix>/instances/`.
     instances_prefix: String,
+    endpoints: String,
     /// Whether the last request to etcd (or the watch) worked.
     up: AtomicBool,
 }
@@ -141,9 +134,12 @@ impl EtcdStore {
         .await?;
         let store = EtcdStore {
             client,
-            instances_prefix: format!("{}/instances/", config.prefix),
+            shared: Arc::new(Shared {
+                instances_prefix: format!("{}/instances/", config.prefix),
+                endpoints: store_endpoints,
+                up: AtomicBool::new(false),
+            }),
             config: config.clone(),
-            up: AtomicBool::new(false),
         };
         Ok(store)
     }
@@ -152,33 +148,16 @@ impl EtcdStore {
         self.config.endpoint_list()
     }
 
-    pub fn dial_timeout(&self) -> Duration {
-        self.config.dial_timeout
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    /// Record how the last request went.
     fn seen<T>(&self, result: Result<T, EtcdError>) -> Result<T, EtcdError> {
-        let ok = !matches!(
-            result,
-            Err(EtcdError::Timeout { .. } | EtcdError::Client { .. })
-        );
-        if self.up.swap(ok, Ordering::Relaxed) != ok {
-            match ok {
-                true => tracing::info!(endpoints = %self.endpoints(), "etcd reachable"),
-                false => {
-                    tracing::warn!(endpoints = %self.endpoints(), "etcd unreachable; routing on with the registry last seen, writes refused")
-                }
-            }
-        }
-        result
+        self.shared.seen(result)
     }
 
     fn key(&self, service: &str, id: &str) -> String {
-        format!("{}{service}/{id}", self.instances_prefix)
+        format!("{}{service}/{id}", self.shared.instances_prefix)
+    }
+
+    fn decode(&self, key: &[u8], value: &[u8], lease: i64, revision: i64) -> Option<Stored> {
+        self.shared.decode(key, value, lease, revision)
     }
 
     /// Run one request, bounded by `dial_timeout`.
@@ -197,7 +176,7 @@ impl EtcdStore {
 
     /// Every instance under the prefix, at one revision.
     pub async fn list(&self) -> Result<Listing, EtcdError> {
-        let prefix = self.instances_prefix.clone();
+        let prefix = self.shared.instances_prefix.clone();
         let resp = self
             .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
@@ -295,53 +274,39 @@ impl EtcdStore {
     }
 
     /// Watch the prefix from `revision` on.
-    pub async fn watch(&self, revision: i64) -> Result<WatchStream, EtcdError> {
-        let prefix = self.instances_prefix.clone();
+    pub async fn watch(&self, revision: i64) -> Result<EtcdChanges, EtcdError> {
+        let prefix = self.shared.instances_prefix.clone();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision);
-        self.call(|mut c| async move { c.watch(prefix, Some(options)).await })
-            .await
+        let stream = self
+            .call(|mut c| async move { c.watch(prefix, Some(options)).await })
+            .await?;
+        Ok(EtcdChanges {
+            stream,
+            shared: Arc::clone(&self.shared),
+        })
     }
+}
 
-    /// The next batch of changes on `stream` (waits for them: no bound).
-    pub async fn next_changes(&self, stream: &mut WatchStream) -> Result<Vec<Change>, EtcdError> {
-        let message = stream.message().await.map_err(|source| EtcdError::Client {
-            endpoints: self.endpoints(),
-            source,
-        });
-        let Some(resp) = self.seen(message)? else {
-            return self.seen(Err(EtcdError::WatchCancelled(
-                "the watch stream ended".into(),
-            )));
-        };
-        if resp.canceled() {
-            let why = match resp.compact_revision() {
-                0 => resp.cancel_reason().to_owned(),
-                rev => format!("compacted at revision {rev}"),
-            };
-            return Err(EtcdError::WatchCancelled(why));
-        }
-        Ok(resp
-            .events()
-            .iter()
-            .filter_map(|event| {
-                let kv = event.kv()?;
-                match event.event_type() {
-                    EventType::Put => self
-                        .decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
-                        .map(Change::Put),
-                    EventType::Delete => {
-                        let (service, id) = self.split_key(kv.key())?;
-                        Some(Change::Deleted {
-                            service: service.to_owned(),
-                            id: id.to_owned(),
-                            revision: kv.mod_revision(),
-                        })
-                    }
+// === impl Shared ===
+
+impl Shared {
+    /// Record how the last request went (and log when that changes).
+    fn seen<T>(&self, result: Result<T, EtcdError>) -> Result<T, EtcdError> {
+        let ok = !matches!(
+            result,
+            Err(EtcdError::Timeout { .. } | EtcdError::Client { .. })
+        );
+        if self.up.swap(ok, Ordering::Relaxed) != ok {
+            match ok {
+                true => tracing::info!(endpoints = %self.endpoints, "etcd reachable"),
+                false => {
+                    tracing::warn!(endpoints = %self.endpoints, "etcd unreachable; routing on with the registry last seen, writes refused")
                 }
-            })
-            .collect())
+            }
+        }
+        result
     }
 
     /// `(service, id)` of a key under the prefix.
@@ -373,11 +338,122 @@ impl EtcdStore {
     }
 }
 
+/// A watch on the prefix.
+pub struct EtcdChanges {
+    stream: WatchStream,
+    shared: Arc<Shared>,
+}
+
+impl EtcdChanges {
+    /// The next batch of changes (waits for them: no bound).
+    async fn next_batch(&mut self) -> Result<Vec<Change>, EtcdError> {
+        let shared = &self.shared;
+        let message = self
+            .stream
+            .message()
+            .await
+            .map_err(|source| EtcdError::Client {
+                endpoints: shared.endpoints.clone(),
+                source,
+            });
+        let Some(resp) = shared.seen(message)? else {
+            return Err(EtcdError::WatchCancelled("the watch stream ended".into()));
+        };
+        if resp.canceled() {
+            let why = match resp.compact_revision() {
+                0 => resp.cancel_reason().to_owned(),
+                rev => format!("compacted at revision {rev}"),
+            };
+            return Err(EtcdError::WatchCancelled(why));
+        }
+        Ok(resp
+            .events()
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                match event.event_type() {
+                    EventType::Put => shared
+                        .decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
+                        .map(Change::Put),
+                    EventType::Delete => {
+                        let (service, id) = shared.split_key(kv.key())?;
+                        Some(Change::Deleted {
+                            service: service.to_owned(),
+                            id: id.to_owned(),
+                            revision: kv.mod_revision(),
+                        })
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+impl ChangeStream for EtcdChanges {
+    fn next(&mut self) -> StoreFuture<'_, Vec<Change>> {
+        Box::pin(async move { Ok(self.next_batch().await?) })
+    }
+}
+
+// === impl SharedStore ===
+
+impl SharedStore for EtcdStore {
+    fn describe(&self) -> String {
+        format!("etcd at {}", self.endpoints())
+    }
+
+    fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    fn dial_timeout(&self) -> Duration {
+        self.config.dial_timeout
+    }
+
+    fn list(&self) -> StoreFuture<'_, Listing> {
+        Box::pin(async move { Ok(EtcdStore::list(self).await?) })
+    }
+
+    fn put<'a>(&'a self, instance: &'a Instance) -> StoreFuture<'a, (i64, i64)> {
+        Box::pin(async move { Ok(EtcdStore::put(self, instance).await?) })
+    }
+
+    fn renew<'a>(&'a self, instance: &'a Instance, lease: i64) -> StoreFuture<'a, Option<i64>> {
+        Box::pin(async move { Ok(EtcdStore::renew(self, instance, lease).await?) })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+    ) -> StoreFuture<'a, Option<(i64, Stored)>> {
+        Box::pin(async move { Ok(EtcdStore::delete(self, service, id).await?) })
+    }
+
+    fn revoke_later(&self, lease: i64) {
+        EtcdStore::revoke_later(self, lease);
+    }
+
+    fn watch(&self, after: i64) -> StoreFuture<'_, Box<dyn ChangeStream>> {
+        Box::pin(async move {
+            let changes = EtcdStore::watch(self, after + 1).await?;
+            Ok(Box::new(changes) as Box<dyn ChangeStream>)
+        })
+    }
+}
+
 /// The innermost cause of an error, which says what went wrong in a few
 /// words ("Connection refused (os error 111)") where the outer layers of a
 /// gRPC error repeat one another.
 fn innermost(e: &etcd_client::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
+    let mut cause: &dyn std::error::Error = match e {
+        // The status's own text repeats its whole cause chain.
+        etcd_client::Error::GRpcStatus(status) => match std::error::Error::source(status) {
+            Some(source) => source,
+            None => return status.message().to_owned(),
+        },
+        other => other,
+    };
     while let Some(next) = cause.source() {
         cause = next;
     }

@@ -28,7 +28,8 @@
 //! - [`address`]: `host:port` parsing, resolution and the network policy.
 //! - [`lease`]: lease deadlines on the wall and monotonic clocks.
 //! - [`store`]: the `RegistryStore` seam; memory and file stores.
-//! - [`etcd`]: cluster mode, the store every node follows (`cluster`).
+//! - [`shared`]: the `SharedStore` seam, for stores every node follows
+//!   (`cluster`); [`etcd`] implements it.
 //! - [`client`]: the `switchyard register` command's HTTP client.
 //! - [`error`]: `RegistryError`, every way a request is refused.
 
@@ -39,6 +40,7 @@ pub mod error;
 pub mod etcd;
 pub mod instance;
 pub mod lease;
+pub mod shared;
 pub mod store;
 mod tasks;
 
@@ -55,6 +57,7 @@ use tokio::time::Instant;
 pub use error::{NameKind, RegistryError};
 pub use etcd::{EtcdError, EtcdStore};
 pub use instance::{Instance, Registration};
+pub use shared::{SharedError, SharedStore};
 pub use store::{RegistryStore, StoreError};
 
 use crate::backend::Source;
@@ -97,8 +100,8 @@ pub struct Registry {
     /// Told of every departure and lease change before the write that made
     /// it is answered (exact departure, SPEC §3).
     routing: OnceLock<Hook>,
-    /// Cluster mode: etcd, which every write goes to first.
-    cluster: Option<Arc<EtcdStore>>,
+    /// Cluster mode: the shared store (etcd), which every write goes to first.
+    cluster: Option<Arc<dyn SharedStore>>,
 }
 
 /// What routing must learn synchronously: the table's rebuild comes later,
@@ -609,7 +612,7 @@ impl BackendSource for Registry {
     }
 }
 
-fn unavailable(e: EtcdError) -> RegistryError {
+fn unavailable(e: SharedError) -> RegistryError {
     RegistryError::StoreUnavailable(e.to_string())
 }
 
