@@ -268,9 +268,14 @@ fn rows<'a>(service: Option<&'a Service>, name: &str, snapshot: &'a Snapshot) ->
 }
 
 /// The row of a backend no registration stands behind: a configured one,
-/// or one draining (it left the registry, or a reload removed it).
+/// or a registered one that left with requests still in flight on it (one
+/// that left with none is gone, even before the table that drops it).
 fn unregistered(backend: &Arc<Backend>) -> Option<Row<'_>> {
-    (backend.source == Source::Config || backend.is_draining()).then_some(Row::Live {
+    let listed = match backend.source {
+        Source::Config => true,
+        Source::Registry => backend.is_draining() && backend.active_requests() > 0,
+    };
+    listed.then_some(Row::Live {
         backend,
         registered: None,
     })

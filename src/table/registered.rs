@@ -38,12 +38,18 @@ impl Publisher {
     }
 
     /// Rebuild (coalesced) whenever `source` changes; runs until aborted or
-    /// the source is gone.
-    pub async fn follow(self: Arc<Self>, source: Arc<dyn BackendSource>) {
+    /// the source is gone. It subscribes here, before the task first runs,
+    /// so no change made meanwhile is missed.
+    pub fn follow(
+        self: Arc<Self>,
+        source: Arc<dyn BackendSource>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut changes = source.changes();
-        drop(source);
-        while changes.changed().await.is_ok() {
-            self.nudge();
+        async move {
+            drop(source);
+            while changes.changed().await.is_ok() {
+                self.nudge();
+            }
         }
     }
 
