@@ -161,16 +161,30 @@ impl EtcdStore {
     }
 
     /// Run one request, bounded by `dial_timeout`.
-    async fn call<T, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T, EtcdError>
+    ///
+    /// A request that did not reach etcd (a member refused the connection:
+    /// the client's balancer still sends some requests to a member that is
+    /// down) is sent again, up to twice per endpoint, all within the same
+    /// bound. Every request here may be repeated: puts write the same value,
+    /// the heartbeat's write is guarded by its lease, and a delete that
+    /// never arrived deleted nothing.
+    async fn call<T, F>(&self, f: impl Fn(Client) -> F) -> Result<T, EtcdError>
     where
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let result = bounded(
-            self.config.dial_timeout,
-            &self.endpoints(),
-            f(self.client.clone()),
-        )
-        .await;
+        let attempts = 2 * self.config.endpoints.len() + 1;
+        let endpoints = self.endpoints();
+        let tries = async {
+            let mut last = None;
+            for _ in 0..attempts {
+                match f(self.client.clone()).await {
+                    Err(e) if never_arrived(&e) => last = Some(e),
+                    done => return done,
+                }
+            }
+            Err(last.unwrap_or(etcd_client::Error::InvalidArgs("no endpoint".into())))
+        };
+        let result = bounded(self.config.dial_timeout, &endpoints, tries).await;
         self.seen(result)
     }
 
@@ -178,7 +192,10 @@ impl EtcdStore {
     pub async fn list(&self) -> Result<Listing, EtcdError> {
         let prefix = self.shared.instances_prefix.clone();
         let resp = self
-            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let instances = resp
@@ -206,7 +223,10 @@ impl EtcdStore {
         let value = encode_instance(instance);
         let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
         let resp = self
-            .call(|mut c| async move { c.put(key, value, options).await })
+            .call(|mut c| {
+                let (key, value, options) = (key.clone(), value.clone(), options.clone());
+                async move { c.put(key, value, options).await }
+            })
             .await?;
         Ok((resp.header().map_or(0, |h| h.revision()), lease))
     }
@@ -235,7 +255,12 @@ impl EtcdStore {
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        let resp = self.call(|mut c| async move { c.txn(txn).await }).await?;
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok(resp.succeeded().then_some(revision))
     }
@@ -250,7 +275,10 @@ impl EtcdStore {
         let key = self.key(service, id);
         let options = Some(DeleteOptions::new().with_prev_key());
         let resp = self
-            .call(|mut c| async move { c.delete(key, options).await })
+            .call(|mut c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { c.delete(key, options).await }
+            })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let previous = resp
@@ -280,7 +308,10 @@ impl EtcdStore {
             .with_prefix()
             .with_start_revision(revision);
         let stream = self
-            .call(|mut c| async move { c.watch(prefix, Some(options)).await })
+            .call(|mut c| {
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move { c.watch(prefix, Some(options)).await }
+            })
             .await?;
         Ok(EtcdChanges {
             stream,
@@ -458,6 +489,20 @@ fn innermost(e: &etcd_client::Error) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+/// Whether a request failed before etcd saw it: the connection to the member
+/// the balancer chose was refused or could not be made (gRPC UNAVAILABLE with
+/// a transport cause), so sending it again is safe.
+fn never_arrived(e: &etcd_client::Error) -> bool {
+    const UNAVAILABLE: i32 = 14;
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            i32::from(status.code()) == UNAVAILABLE && std::error::Error::source(status).is_some()
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
 }
 
 /// `f`, or a timeout error after `timeout`.

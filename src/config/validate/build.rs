@@ -24,17 +24,27 @@ pub(super) fn build(cx: &mut Ctx, raw: &RawConfig) -> Config {
     let admin = admin(cx, &raw.admin);
     cx.check_overlaps();
     let services = raw.services.iter();
-    let services = services.map(|(name, s)| (name.get_ref().clone(), service(cx, name, s)));
+    let services = services
+        .map(|(name, s)| (name.get_ref().clone(), service(cx, name, s)))
+        .collect();
     let format = match raw.log.format {
         Some(RawLogFormat::Json) => LogFormat::Json,
         Some(RawLogFormat::Text) | None => LogFormat::Text,
     };
+    let registry = registry(cx, &raw.registry);
+    let mut admin = admin;
+    if raw.admin.priority.is_none() && matches!(registry.store, StoreConfig::Etcd(_)) {
+        // Cluster mode: etcd ends leases, and a heartbeat reaches it only
+        // through the control thread; at background priority a saturated
+        // machine could hold one back past its lease.
+        admin.priority = ControlPriority::Normal;
+    }
     Config {
         path: None,
         proxy,
         admin,
-        services: services.collect(),
-        registry: registry(cx, &raw.registry),
+        services,
+        registry,
         routes: routes(cx, &raw.routes),
         log: LogConfig { format },
     }

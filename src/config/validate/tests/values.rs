@@ -189,6 +189,11 @@ fn registry_stores() {
     assert_eq!(etcd.prefix, "/switchyard");
     assert_eq!(etcd.dial_timeout, std::time::Duration::from_secs(2));
     assert_eq!(etcd.tls, None);
+    assert_eq!(
+        config.admin.priority,
+        crate::config::ControlPriority::Normal,
+        "cluster mode runs the control plane at normal priority unless told otherwise"
+    );
     fails(
         "[registry]\nstore = \"etcd://127.0.0.1:2379/x\"\n[registry.etcd]\nca = \"/nonexistent/ca.pem\"\n",
         "registry.etcd.ca",
