@@ -9,9 +9,10 @@
 //! - a new key or a new address: a new backend, `Unknown` until its first
 //!   check passes when the service has active checks (SPEC §2), else healthy;
 //!   a draining backend declared again at its old address comes back instead;
-//! - gone: drained while requests are in flight on it (listed, never picked),
-//!   forgotten once none are, together with its metric series unless another
-//!   backend reports under the same labels.
+//! - gone: a registered instance is drained while requests are in flight on
+//!   it (listed, never picked), forgotten once none are; a configured backend
+//!   a reload removed is forgotten at once (see `retire`). Their metric
+//!   series go too, unless another backend reports under the same labels.
 //!
 //! The key carries the source, so a configured backend and a registered
 //! instance whose id looks like that address never collide.
@@ -96,9 +97,15 @@ impl Members {
         merged
     }
 
-    /// Drain a backend with requests in flight; forget one without.
+    /// Drain a registered backend with requests in flight; forget the rest.
+    ///
+    /// A configured backend a reload removed is not drained: requests that
+    /// still hold the previous table may send to it until they are done (a
+    /// reload must fail no request, and the address is still a working
+    /// backend), and those in flight keep it alive through their guards.
+    /// A registered instance that left must get no new request at all.
     fn retire(&mut self, backend: Arc<Backend>) {
-        if backend.active_requests() > 0 {
+        if backend.source == Source::Registry && backend.active_requests() > 0 {
             backend.set_draining(true);
             tracing::info!(service = %backend.service, id = %backend.id, source = backend.source.as_str(), active = backend.active_requests(), "backend left; draining");
             self.draining.push(backend);
