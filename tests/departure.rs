@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{json, Value};
 use support::*;
 
@@ -22,40 +22,14 @@ const LEASES_PER_ROUND: usize = 4;
 /// this long after the printed end are after the real one.
 const END_SLACK: Duration = Duration::from_millis(2);
 
-fn instance_path(service: &str, id: &str) -> String {
-    format!("/v1/services/{service}/instances/{id}")
-}
-
-async fn admin(addr: SocketAddr, method: Method, path: &str, body: &str) -> Resp {
-    let req = request(method.clone(), addr, path)
-        .body(full(body.to_owned()))
-        .unwrap();
-    Http::new()
-        .send(req)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-async fn register(addr: SocketAddr, service: &str, id: &str, address: &str, ttl: &str) -> Value {
-    let body = json!({"address": address, "ttl": ttl}).to_string();
-    let resp = admin(addr, Method::PUT, &instance_path(service, id), &body).await;
-    assert_eq!(
-        resp.status,
-        StatusCode::OK,
-        "register {service}/{id}: {}",
-        resp.text()
-    );
-    resp.json()
-}
-
-async fn deregister(addr: SocketAddr, service: &str, id: &str) -> Resp {
-    admin(addr, Method::DELETE, &instance_path(service, id), "").await
-}
-
-/// The name of the fake backend that answered `GET /<service>/x`.
-async fn answered_by(http: &Http, proxy: SocketAddr, service: &str) -> Option<String> {
-    let resp = http.get(proxy, &format!("/{service}/x")).await;
-    resp.backend().map(str::to_owned)
+async fn register_ttl(
+    addr: SocketAddr,
+    service: &str,
+    id: &str,
+    address: &str,
+    ttl: &str,
+) -> Value {
+    register(addr, service, id, address, json!({"ttl": ttl})).await
 }
 
 /// Sends requests until `backend` has received one (it is balanced).
@@ -77,13 +51,6 @@ async fn until_it_gets_traffic(
         },
     )
     .await;
-}
-
-fn expires_at(instance: &Value) -> SystemTime {
-    let text = instance["expires_at"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no expires_at in {instance}"));
-    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("expires_at {text:?}: {e}"))
 }
 
 fn memory_toml() -> String {
@@ -109,13 +76,13 @@ async fn no_request_after_the_delete_is_answered(
 ) {
     let http = Http::new();
     let stay = FakeBackend::start("stay").await;
-    register(admin, "web", "stay", &stay.address(), "0s").await;
+    register_ttl(admin, "web", "stay", &stay.address(), "0s").await;
     until_it_gets_traffic(&http, proxy, "web", &stay).await;
 
     for i in 0..cycles {
         let id = format!("leave{i}");
         let leaving = FakeBackend::start(&id).await;
-        register(admin, "web", &id, &leaving.address(), "30s").await;
+        register_ttl(admin, "web", &id, &leaving.address(), "30s").await;
         until_it_gets_traffic(&http, proxy, "web", &leaving).await;
 
         let resp = deregister(admin, "web", &id).await;
@@ -145,7 +112,7 @@ async fn no_request_after_the_delete_is_answered(
 async fn no_request_after_the_lease_ends(app: &TestApp) {
     let http = Http::new();
     let stay = FakeBackend::start("stay").await;
-    register(app.admin, "web", "stay", &stay.address(), "0s").await;
+    register_ttl(app.admin, "web", "stay", &stay.address(), "0s").await;
     until_it_gets_traffic(&http, app.proxy, "web", &stay).await;
 
     for round in 0..LEASE_ROUNDS {
@@ -153,7 +120,7 @@ async fn no_request_after_the_lease_ends(app: &TestApp) {
         for k in 0..LEASES_PER_ROUND {
             let id = format!("lease{round}-{k}");
             let backend = FakeBackend::start(&id).await;
-            let stored = register(app.admin, "web", &id, &backend.address(), "2s").await;
+            let stored = register_ttl(app.admin, "web", &id, &backend.address(), "2s").await;
             assert_eq!(stored["ttl"], "2s");
             let end = expires_at(&stored);
             leases.push((id, backend, end));

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -15,89 +14,6 @@ use switchyard::app::App;
 use switchyard::config::Config;
 
 // ===== helpers =====
-
-fn instance_path(service: &str, id: &str) -> String {
-    format!("/v1/services/{service}/instances/{id}")
-}
-
-/// One admin request with an optional body and bearer token.
-async fn admin(
-    admin: SocketAddr,
-    method: Method,
-    path: &str,
-    body: &str,
-    token: Option<&str>,
-) -> Resp {
-    let mut req = request(method.clone(), admin, path);
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let req = req.body(full(body.to_owned())).unwrap();
-    Http::new()
-        .send(req)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-async fn put(addr: SocketAddr, path: &str, body: &str) -> Resp {
-    admin(addr, Method::PUT, path, body, None).await
-}
-
-/// Register `service`/`id` at `address` with extra JSON fields; asserts 200.
-async fn register(addr: SocketAddr, service: &str, id: &str, address: &str, extra: Value) -> Value {
-    let mut body = json!({ "address": address });
-    if let Value::Object(fields) = extra {
-        body.as_object_mut().unwrap().extend(fields);
-    }
-    let resp = put(addr, &instance_path(service, id), &body.to_string()).await;
-    assert_eq!(
-        resp.status,
-        StatusCode::OK,
-        "register {service}/{id}: {}",
-        resp.text()
-    );
-    resp.json()
-}
-
-async fn heartbeat(addr: SocketAddr, service: &str, id: &str) -> Resp {
-    put(
-        addr,
-        &format!("{}/heartbeat", instance_path(service, id)),
-        "",
-    )
-    .await
-}
-
-async fn deregister(addr: SocketAddr, service: &str, id: &str) -> Resp {
-    admin(addr, Method::DELETE, &instance_path(service, id), "", None).await
-}
-
-/// The instances `GET /v1/services/{service}` lists (none when it is 404).
-async fn listed(addr: SocketAddr, service: &str) -> Vec<Value> {
-    let resp = get(addr, &format!("/v1/services/{service}")).await;
-    if resp.status == StatusCode::NOT_FOUND {
-        return Vec::new();
-    }
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
-    resp.json()["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-async fn listed_ids(addr: SocketAddr, service: &str) -> Vec<String> {
-    listed(addr, service)
-        .await
-        .iter()
-        .map(|i| i["id"].as_str().unwrap_or("").to_owned())
-        .collect()
-}
-
-/// Which fake backend answered `GET /<service>/x` through the proxy.
-async fn answered_by(http: &Http, proxy: SocketAddr, service: &str) -> Option<String> {
-    let resp = http.get(proxy, &format!("/{service}/x")).await;
-    resp.backend().map(str::to_owned)
-}
 
 /// An error answer: the status and a JSON body `{"error": "<sentence>"}`.
 fn assert_error(resp: &Resp, status: StatusCode, what: &str) {
@@ -745,7 +661,7 @@ async fn writes_need_the_token() {
     let path = instance_path("web", "r1");
     let body = r#"{"address": "127.0.0.1:9"}"#;
     for token in [None, Some("wrong"), Some("s3cre"), Some("s3cret-")] {
-        let resp = admin(app.admin, Method::PUT, &path, body, token).await;
+        let resp = admin_call(app.admin, Method::PUT, &path, body, token).await;
         assert_error(
             &resp,
             StatusCode::UNAUTHORIZED,
@@ -756,9 +672,9 @@ async fn writes_need_the_token() {
         listed(app.admin, "web").await.is_empty(),
         "nothing registered"
     );
-    let ok = admin(app.admin, Method::PUT, &path, body, Some("s3cret")).await;
+    let ok = admin_call(app.admin, Method::PUT, &path, body, Some("s3cret")).await;
     assert_eq!(ok.status, StatusCode::OK);
-    let beat = admin(
+    let beat = admin_call(
         app.admin,
         Method::PUT,
         &format!("{path}/heartbeat"),
@@ -767,7 +683,7 @@ async fn writes_need_the_token() {
     )
     .await;
     assert_error(&beat, StatusCode::UNAUTHORIZED, "heartbeat without token");
-    let beat = admin(
+    let beat = admin_call(
         app.admin,
         Method::PUT,
         &format!("{path}/heartbeat"),
@@ -776,14 +692,14 @@ async fn writes_need_the_token() {
     )
     .await;
     assert_eq!(beat.status, StatusCode::OK);
-    let delete = admin(app.admin, Method::DELETE, &path, "", None).await;
+    let delete = admin_call(app.admin, Method::DELETE, &path, "", None).await;
     assert_error(&delete, StatusCode::UNAUTHORIZED, "DELETE without token");
     assert_eq!(
         listed_ids(app.admin, "web").await,
         ["r1"],
         "reads on loopback need no token"
     );
-    let delete = admin(app.admin, Method::DELETE, &path, "", Some("s3cret")).await;
+    let delete = admin_call(app.admin, Method::DELETE, &path, "", Some("s3cret")).await;
     assert_eq!(delete.status, StatusCode::NO_CONTENT);
 }
 
@@ -1149,7 +1065,7 @@ async fn every_bad_input_gets_a_clear_4xx_and_changes_nothing() {
     ];
     for (method, path, body, status) in &cases {
         let what = format!("{method} {path} {}", &body[..body.len().min(60)]);
-        let resp = admin(app.admin, method.clone(), path, body, None).await;
+        let resp = admin_call(app.admin, method.clone(), path, body, None).await;
         assert_error(&resp, *status, &what);
         if *status == StatusCode::METHOD_NOT_ALLOWED {
             assert!(resp.header("allow").is_some(), "{what}: Allow header");

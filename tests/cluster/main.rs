@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd::Etcd;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{json, Value};
 use support::*;
 
@@ -95,83 +95,9 @@ impl Node {
 
 // ===== admin API =====
 
-fn instance_path(service: &str, id: &str) -> String {
-    format!("/v1/services/{service}/instances/{id}")
-}
-
 /// The etcd key of an instance (SPEC §6 layout as the README documents it).
 fn instance_key(prefix: &str, service: &str, id: &str) -> String {
     format!("/{prefix}/instances/{service}/{id}")
-}
-
-async fn admin(addr: SocketAddr, method: Method, path: &str, body: &str) -> Resp {
-    let req = request(method.clone(), addr, path)
-        .body(full(body.to_owned()))
-        .unwrap();
-    Http::new()
-        .send(req)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-/// `PUT` a registration; the answer whatever it is.
-async fn try_register(
-    addr: SocketAddr,
-    service: &str,
-    id: &str,
-    address: &str,
-    extra: Value,
-) -> Resp {
-    let mut body = json!({ "address": address });
-    if let Value::Object(fields) = extra {
-        body.as_object_mut().unwrap().extend(fields);
-    }
-    admin(
-        addr,
-        Method::PUT,
-        &instance_path(service, id),
-        &body.to_string(),
-    )
-    .await
-}
-
-/// Registers and asserts 200; the stored instance.
-async fn register(addr: SocketAddr, service: &str, id: &str, address: &str, extra: Value) -> Value {
-    let resp = try_register(addr, service, id, address, extra).await;
-    assert_eq!(
-        resp.status,
-        StatusCode::OK,
-        "register {service}/{id} on {addr}: {}",
-        resp.text()
-    );
-    resp.json()
-}
-
-async fn heartbeat(addr: SocketAddr, service: &str, id: &str) -> Resp {
-    admin(
-        addr,
-        Method::PUT,
-        &format!("{}/heartbeat", instance_path(service, id)),
-        "",
-    )
-    .await
-}
-
-async fn deregister(addr: SocketAddr, service: &str, id: &str) -> Resp {
-    admin(addr, Method::DELETE, &instance_path(service, id), "").await
-}
-
-/// The instances `GET /v1/services/{service}` lists (none when it is 404).
-async fn listed(addr: SocketAddr, service: &str) -> Vec<Value> {
-    let resp = get(addr, &format!("/v1/services/{service}")).await;
-    if resp.status == StatusCode::NOT_FOUND {
-        return Vec::new();
-    }
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
-    resp.json()["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// The ids listed, sorted.
@@ -207,12 +133,6 @@ fn ids(list: &[&str]) -> Vec<String> {
 
 fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
-}
-
-/// Which fake backend answered `GET /<service>/x` (`None`: an error answer).
-async fn answered_by(http: &Http, proxy: SocketAddr, service: &str) -> Option<String> {
-    let resp = http.get(proxy, &format!("/{service}/x")).await;
-    resp.backend().map(str::to_owned)
 }
 
 /// The backends that answer `n` requests to `/<service>/x`; an answer from
@@ -291,14 +211,6 @@ fn assert_store_unavailable(resp: &Resp, what: &str) {
         "{what}: {body}"
     );
     assert!(!message.contains('\n'), "{what}: one line, got {message:?}");
-}
-
-/// `expires_at` of an answer as a point in time.
-fn expires_at(instance: &Value) -> SystemTime {
-    let text = instance["expires_at"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no expires_at in {instance}"));
-    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("expires_at {text:?}: {e}"))
 }
 
 /// The `Instant` matching a wall-clock time (now if it has passed).

@@ -25,6 +25,10 @@
 //! are counted live in [`FakeBackend::body_bytes`].
 #![allow(dead_code)]
 
+pub mod registry_api;
+#[allow(unused_imports)]
+pub use registry_api::*;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
