@@ -27,6 +27,8 @@
 //! - [`instance`]: the instance type and the validation of PUT bodies.
 //! - [`address`]: `host:port` parsing, resolution and the network policy.
 //! - [`lease`]: lease deadlines on the wall and monotonic clocks.
+//! - `entries` (private): the state behind the writers' mutex.
+//! - [`snapshot`]: the immutable view readers get; the registry as a `BackendSource`.
 //! - [`store`]: the `RegistryStore` seam; memory and file stores.
 //! - [`shared`]: the `SharedStore` seam, for stores every node follows
 //!   (`cluster`); [`etcd`] implements it.
@@ -36,15 +38,16 @@
 pub mod address;
 pub mod client;
 mod cluster;
+mod entries;
 pub mod error;
 pub mod etcd;
 pub mod instance;
 pub mod lease;
 pub mod shared;
+pub mod snapshot;
 pub mod store;
 mod tasks;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -54,19 +57,18 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use entries::{Change, Entry, Inner, Origin};
 pub use error::{NameKind, RegistryError};
 pub use etcd::{EtcdError, EtcdStore};
 pub use instance::{Instance, Registration};
 pub use shared::{SharedError, SharedStore};
+pub use snapshot::Snapshot;
 pub use store::{RegistryStore, StoreError};
 
-use crate::backend::Source;
 use crate::config::RegistryConfig;
-use crate::source::{BackendSource, Declared};
 use address::Policy;
 use error::Shown;
 use instance::check_name;
-use lease::{LeaseKey, Leases};
 
 /// (service, instance id): an instance's identity.
 type Key = (Arc<str>, Arc<str>);
@@ -120,95 +122,6 @@ struct Hook(Box<dyn RoutingHook>);
 impl std::fmt::Debug for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RoutingHook")
-    }
-}
-
-/// The mutable state, behind the writers' mutex.
-#[derive(Debug, Default)]
-struct Inner {
-    /// Sorted, so snapshots and listings come out in a stable order.
-    services: BTreeMap<Arc<str>, BTreeMap<Arc<str>, Entry>>,
-    leases: Leases<Key>,
-    /// Bumped by every change, heartbeats included.
-    version: u64,
-    /// Bumped by membership changes only (what the table and watchers see).
-    index: u64,
-    /// The deadline the expiry task sleeps until (`None`: until woken).
-    armed: Option<Instant>,
-    /// Cluster mode: the newest etcd revision applied.
-    revision: i64,
-}
-
-/// What a write changed, which decides who hears of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    /// Only a lease's end (a heartbeat, or the same registration again).
-    Lease,
-    /// A new instance, or a new address, weight, ttl or metadata.
-    Joined,
-    /// An instance was deregistered or expired.
-    Left,
-}
-
-#[derive(Debug)]
-struct Entry {
-    instance: Arc<Instance>,
-    lease: Option<LeaseKey>,
-    /// Cluster mode: the etcd revision that wrote it, and its etcd lease (0:
-    /// none). Always 0 on the other stores.
-    revision: i64,
-    etcd_lease: i64,
-}
-
-/// Where an upsert's data came from (cluster mode: etcd's revision and lease).
-#[derive(Debug, Clone, Copy, Default)]
-struct Origin {
-    revision: i64,
-    etcd_lease: i64,
-}
-
-/// An immutable view of every registered instance.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// The data version it was taken at.
-    pub version: u64,
-    /// The membership index it was taken at.
-    pub index: u64,
-    /// Per service, instances sorted by id.
-    services: BTreeMap<Arc<str>, Vec<Arc<Instance>>>,
-}
-
-impl Snapshot {
-    /// Services with at least one registered instance, by name.
-    pub fn services(&self) -> impl Iterator<Item = (&Arc<str>, &[Arc<Instance>])> {
-        self.services
-            .iter()
-            .map(|(name, list)| (name, list.as_slice()))
-    }
-
-    /// A service's instances (empty when none are registered).
-    pub fn service(&self, name: &str) -> &[Arc<Instance>] {
-        self.services.get(name).map_or(&[], Vec::as_slice)
-    }
-
-    pub fn instance(&self, service: &str, id: &str) -> Option<&Arc<Instance>> {
-        let list = self.service(service);
-        list.binary_search_by(|i| (*i.id).cmp(id))
-            .ok()
-            .map(|at| &list[at])
-    }
-
-    /// All instances, service by service.
-    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
-        self.services.values().flatten()
-    }
-
-    pub fn len(&self) -> usize {
-        self.services.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
     }
 }
 
@@ -589,29 +502,6 @@ impl Registry {
     }
 }
 
-// === impl BackendSource ===
-
-impl BackendSource for Registry {
-    /// Every registered instance, sorted by (service, id) as the snapshot is.
-    fn declared(&self, _config: &crate::config::Config, into: &mut Vec<Declared>) {
-        let snapshot = self.snapshot();
-        into.reserve(snapshot.len());
-        into.extend(snapshot.instances().map(|i| Declared {
-            service: Arc::clone(&i.service),
-            id: Arc::clone(&i.id),
-            address: Arc::clone(&i.address),
-            resolved: i.resolved,
-            weight: i.weight,
-            source: Source::Registry,
-            expires_at: i.expires_at,
-        }));
-    }
-
-    fn changes(&self) -> watch::Receiver<u64> {
-        self.membership.subscribe()
-    }
-}
-
 fn unavailable(e: SharedError) -> RegistryError {
     RegistryError::StoreUnavailable(e.to_string())
 }
@@ -620,113 +510,6 @@ fn not_found(service: &str, id: &str) -> RegistryError {
     RegistryError::NotFound {
         service: service.to_owned(),
         id: id.to_owned(),
-    }
-}
-
-// === impl Inner ===
-
-impl Inner {
-    fn get(&self, service: &str, id: &str) -> Option<&Entry> {
-        self.services.get(service)?.get(id)
-    }
-
-    /// Refuse a registration that would create a service or pass the limit.
-    fn admit(&self, limits: Limits<'_>, service: &str, id: &str) -> Result<(), RegistryError> {
-        let existing = self.services.get(service);
-        if existing.is_none() && !limits.declared && !limits.config.allow_new_services {
-            return Err(RegistryError::NewService(service.to_owned()));
-        }
-        let count = existing.map_or(0, BTreeMap::len);
-        let max = limits.config.max_instances_per_service;
-        if count >= max && existing.map_or(true, |m| !m.contains_key(id)) {
-            return Err(RegistryError::TooManyInstances {
-                service: service.to_owned(),
-                max,
-            });
-        }
-        Ok(())
-    }
-
-    /// Insert or replace; returns what changed: membership (anything but the
-    /// lease's end differs) or only the lease.
-    fn upsert(
-        &mut self,
-        instance: Arc<Instance>,
-        deadline: Option<Instant>,
-        origin: Origin,
-    ) -> Change {
-        let key: Key = (Arc::clone(&instance.service), Arc::clone(&instance.id));
-        let old = self.detach(&key.0, &key.1);
-        let lease = deadline.map(|at| self.leases.insert(at, key.clone()));
-        let changed = old.map_or(true, |old| !old.instance.same_registration(&instance));
-        let entry = Entry {
-            instance,
-            lease,
-            revision: origin.revision,
-            etcd_lease: origin.etcd_lease,
-        };
-        self.services.entry(key.0).or_default().insert(key.1, entry);
-        match changed {
-            true => Change::Joined,
-            false => Change::Lease,
-        }
-    }
-
-    /// Upsert data from etcd at `origin.revision`, unless a newer revision
-    /// of the instance is already here (a late watch event after our own
-    /// later write); also records the revision.
-    fn apply(
-        &mut self,
-        instance: Arc<Instance>,
-        deadline: Option<Instant>,
-        origin: Origin,
-    ) -> Change {
-        self.seen_revision(origin.revision);
-        let newer = self
-            .get(&instance.service, &instance.id)
-            .is_some_and(|e| e.revision > origin.revision);
-        if newer {
-            return Change::Lease;
-        }
-        self.upsert(instance, deadline, origin)
-    }
-
-    fn seen_revision(&mut self, revision: i64) {
-        self.revision = self.revision.max(revision);
-    }
-
-    fn remove(&mut self, service: &str, id: &str) -> Option<Arc<Instance>> {
-        self.detach(service, id).map(|entry| entry.instance)
-    }
-
-    /// Take an entry out of the maps and its lease out of the index; a
-    /// service left without instances disappears.
-    fn detach(&mut self, service: &str, id: &str) -> Option<Entry> {
-        let instances = self.services.get_mut(service)?;
-        let entry = instances.remove(id)?;
-        if instances.is_empty() {
-            self.services.remove(service);
-        }
-        if let Some(key) = entry.lease {
-            self.leases.remove(key);
-        }
-        Some(entry)
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        let services = self
-            .services
-            .iter()
-            .map(|(name, entries)| {
-                let list = entries.values().map(|e| Arc::clone(&e.instance)).collect();
-                (Arc::clone(name), list)
-            })
-            .collect();
-        Snapshot {
-            version: self.version,
-            index: self.index,
-            services,
-        }
     }
 }
 
