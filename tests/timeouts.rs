@@ -3,9 +3,11 @@
 //! `body_idle_timeout` 30 s).
 //!
 //! A connection that is working is never cut, however long it works: a
-//! keep-alive client for 14 s, a backend that takes 12 s for its head, a
-//! response and an upload each streamed for 14 s, two 7 s requests on one h2c
-//! connection, a WebSocket held 14 s (real python `websockets` on both ends).
+//! keep-alive client for 14 s, a backend that takes 12 s for its head (also
+//! under HTTP/2 on a TLS listener, followed by a second request on the same
+//! connection), a response and an upload each streamed for 14 s, two 7 s
+//! requests on one h2c connection, a gRPC server stream of 14 s and a
+//! WebSocket held 14 s (real python `grpcio` and `websockets` on both ends).
 //! Switchyard closes a connection only for what its timers bound: a request
 //! head not complete `header_read_timeout` after its first byte (slowloris,
 //! also as the second request of a keep-alive connection), a connection that
@@ -14,14 +16,16 @@
 //! reason}`, and `switchyard_connections_cut_total` stays at 0 in every test.
 //!
 //! The tests take 2–15 s each and mostly wait, so they live in this one file
-//! for cargo to run side by side. The WebSocket test needs the python package
-//! `websockets` and fails, naming it, when it cannot be imported.
+//! for cargo to run side by side. The WebSocket and gRPC tests need the python
+//! packages `websockets` and `grpcio` and fail, naming the package, when it
+//! cannot be imported.
 
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,9 +34,16 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, ServerName};
+use switchyard::app::App;
+use switchyard::config::Config;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -63,7 +74,7 @@ async fn app_for(backend: &FakeBackend) -> TestApp {
     app_with("", &service_toml("svc", &[backend], "")).await
 }
 
-/// The proxy listener's close counters, absent series read as 0.
+/// A listener's close counters, absent series read as 0.
 #[derive(Debug, PartialEq)]
 struct Closes {
     idle_timeout: f64,
@@ -72,9 +83,10 @@ struct Closes {
     cut: f64,
 }
 
-async fn closes(app: &TestApp) -> (Closes, String) {
-    let text = metrics_text(app.admin).await;
-    let listener = app.proxy.to_string();
+/// The close counters of `listener`, read from the admin at `admin`.
+async fn closes(admin: SocketAddr, listener: SocketAddr) -> (Closes, String) {
+    let text = metrics_text(admin).await;
+    let listener = listener.to_string();
     let closed = |reason: &str| {
         metric(
             &text,
@@ -105,6 +117,17 @@ async fn closes(app: &TestApp) -> (Closes, String) {
 /// Waits (≤ 5 s) until the proxy listener counts exactly these timer closes,
 /// no handshake close and no cut connection.
 async fn expect_closes(app: &TestApp, idle_timeout: f64, header_read_timeout: f64) {
+    expect_listener_closes(app.admin, app.proxy, idle_timeout, header_read_timeout).await;
+}
+
+/// [`expect_closes`] for any `listener` (a TLS one too) of the app whose
+/// admin is at `admin`.
+async fn expect_listener_closes(
+    admin: SocketAddr,
+    listener: SocketAddr,
+    idle_timeout: f64,
+    header_read_timeout: f64,
+) {
     let want = Closes {
         idle_timeout,
         header_read_timeout,
@@ -113,7 +136,7 @@ async fn expect_closes(app: &TestApp, idle_timeout: f64, header_read_timeout: f6
     };
     let mut last = None;
     for _ in 0..100 {
-        let (found, lines) = closes(app).await;
+        let (found, lines) = closes(admin, listener).await;
         if found == want {
             return;
         }
@@ -121,10 +144,7 @@ async fn expect_closes(app: &TestApp, idle_timeout: f64, header_read_timeout: f6
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (found, lines) = last.expect("polled at least once");
-    panic!(
-        "listener {}: expected {want:?}, found {found:?}; metrics:\n{lines}",
-        app.proxy
-    );
+    panic!("listener {listener}: expected {want:?}, found {found:?}; metrics:\n{lines}");
 }
 
 fn assert_within(what: &str, elapsed: Duration, (low, high): (Duration, Duration)) {
@@ -333,6 +353,128 @@ async fn h2c_connection(
     .await
     .expect("h2c handshake in time")
     .expect("h2c handshake");
+    (sender, tokio::spawn(conn))
+}
+
+// ===== TLS =====
+
+/// The app on the default timeouts with a plain listener and one TLS
+/// listener (`[[proxy.tls]]`: a `localhost` certificate signed by a fresh
+/// test CA); dropping it triggers shutdown.
+struct TlsApp {
+    tls: SocketAddr,
+    admin: SocketAddr,
+    /// The test CA, for clients to trust.
+    ca: CertificateDer<'static>,
+    _files: tempfile::TempDir,
+    _config: ConfigFile,
+    shutdown: Option<oneshot::Sender<()>>,
+    _handle: JoinHandle<()>,
+}
+
+impl Drop for TlsApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn tls_app_with(services: &str) -> TlsApp {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Switchyard timeouts test CA");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key"))
+        .expect("ca cert");
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca)
+        .expect("sign leaf");
+    let files = tempfile::tempdir().expect("tempdir");
+    let cert = files.path().join("localhost.pem");
+    let key = files.path().join("localhost-key.pem");
+    std::fs::write(&cert, leaf.pem()).expect("write cert");
+    std::fs::write(&key, leaf_key.serialize_pem()).expect("write key");
+    let toml = format!(
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n\
+         [[proxy.tls]]\nlisten = \"127.0.0.1:0\"\n\
+         certs = [{{ cert = \"{}\", key = \"{}\" }}]\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n{services}",
+        cert.display(),
+        key.display()
+    );
+    let config = ConfigFile::new(&toml);
+    let loaded = Config::load(config.path())
+        .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{toml}"));
+    let app = App::bind(loaded)
+        .await
+        .unwrap_or_else(|e| panic!("App::bind failed: {e}"));
+    let tls = *app.tls_addrs().first().expect("App::tls_addrs is empty");
+    let admin = app.admin_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _ = app
+            .run(async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    wait_ready(admin).await;
+    TlsApp {
+        tls,
+        admin,
+        ca: ca.der().clone(),
+        _files: files,
+        _config: config,
+        shutdown: Some(tx),
+        _handle: handle,
+    }
+}
+
+/// One HTTP/2 connection over TLS to `addr` (SNI `localhost`, ALPN `h2`
+/// only, trusting `ca`); its task ends when the connection does.
+async fn tls_h2_connection(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+) -> (
+    hyper::client::conn::http2::SendRequest<ReqBody>,
+    JoinHandle<Result<(), hyper::Error>>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("add the test CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(switchyard::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.expect("connect tls");
+    let name = ServerName::try_from("localhost").expect("server name");
+    let tls = tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake in time")
+    .expect("TLS handshake verifying the localhost certificate");
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "the TLS listener did not select ALPN h2"
+    );
+    let (sender, conn) = tokio::time::timeout(
+        WAIT,
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tls)),
+    )
+    .await
+    .expect("h2 handshake in time")
+    .expect("h2 handshake");
     (sender, tokio::spawn(conn))
 }
 
@@ -568,6 +710,78 @@ async fn two_7s_requests_share_one_h2c_connection() {
     expect_closes(&app, 0.0, 0.0).await;
 }
 
+/// Over TLS (ALPN h2, one connection, default timeouts): a request whose
+/// backend takes 12 s for its head, then a second request on the same
+/// connection. Both are answered 200 in full, the connection is still open
+/// after them, and the TLS listener counts no timer close and no cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_h2_request_waiting_12s_for_its_head_is_answered() {
+    let backend = FakeBackend::start("svc").await;
+    let app = tls_app_with(&service_toml("svc", &[&backend], "")).await;
+    let (mut sender, conn) = tls_h2_connection(app.tls, &app.ca).await;
+    let started = Instant::now();
+    for (i, path) in ["/svc/slow?delay_ms=12000", "/svc/after"]
+        .into_iter()
+        .enumerate()
+    {
+        tokio::time::timeout(WAIT, sender.ready())
+            .await
+            .expect("the h2 connection ready in time")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "request {i}: connection unusable {:.1?} in: {e}",
+                    started.elapsed()
+                )
+            });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("https://localhost:{}{path}", app.tls.port()))
+            .body(empty())
+            .unwrap();
+        let sent = Instant::now();
+        let resp = tokio::time::timeout(LONG, sender.send_request(req))
+            .await
+            .expect("a response head within 30 s")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "request {i} failed {:.1?} after connecting: {e}",
+                    started.elapsed()
+                )
+            });
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        assert_eq!(resp.version(), Version::HTTP_2, "request {i}");
+        if i == 0 {
+            assert!(
+                sent.elapsed() >= Duration::from_secs(12),
+                "the head came before the backend sent it ({:.1?})",
+                sent.elapsed()
+            );
+        }
+        let body = tokio::time::timeout(WAIT, resp.into_body().collect())
+            .await
+            .expect("the body in time")
+            .expect("a whole body")
+            .to_bytes();
+        assert_eq!(&body[..], b"svc", "request {i}");
+    }
+    if conn.is_finished() {
+        panic!("the TLS h2 connection ended: {:?}", conn.await);
+    }
+    assert_eq!(backend.hits(), 2);
+    let text = metrics_text(app.admin).await;
+    let listener = app.tls.to_string();
+    assert_eq!(
+        metric(
+            &text,
+            "switchyard_connections_open",
+            &[("listener", listener.as_str())]
+        ),
+        Some(1.0),
+        "the client's one TLS connection is still open (and counted under {listener})"
+    );
+    expect_listener_closes(app.admin, app.tls, 0.0, 0.0).await;
+}
+
 // ===== WebSocket (python websockets) =====
 
 /// Echoes every message as `echo:MESSAGE`; prints its port first.
@@ -635,8 +849,14 @@ async fn require_websockets() {
 
 /// The echo server, killed when dropped, and its address.
 async fn ws_echo_server() -> (Child, SocketAddr) {
+    python_server(WS_ECHO_SERVER, "the websockets server").await
+}
+
+/// A python server `script` that prints its port first (`what` names it in
+/// failures); killed when dropped.
+async fn python_server(script: &str, what: &str) -> (Child, SocketAddr) {
     let mut child = Command::new("python3")
-        .args(["-c", WS_ECHO_SERVER])
+        .args(["-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -647,7 +867,7 @@ async fn ws_echo_server() -> (Child, SocketAddr) {
     let mut lines = BufReader::new(stdout).lines();
     let line = match tokio::time::timeout(WAIT, lines.next_line()).await {
         Ok(Ok(Some(line))) => line,
-        other => panic!("the websockets server printed no port: {other:?}"),
+        other => panic!("{what} printed no port: {other:?}"),
     };
     let port: u16 = line
         .trim()
@@ -701,6 +921,136 @@ async fn websocket_held_14s_with_a_message_a_second() {
         "the exchange was not paced over 14 s: {report}"
     );
     assert_eq!(report["close_code"], 1000, "not a clean close: {report}");
+    expect_closes(&app, 0.0, 0.0).await;
+}
+
+// ===== gRPC (python grpcio) =====
+
+/// `/test.Timeouts/Ticks`: a server stream of COUNT messages (`0`, `1`, …),
+/// the first at once and one a second after it; raw bytes, no protobuf.
+/// Prints its port first.
+const GRPC_TICK_SERVER: &str = r#"
+import time
+from concurrent import futures
+import grpc
+
+def ticks(request, context):
+    for i in range(int(request.decode())):
+        if i:
+            time.sleep(1)
+        yield str(i).encode()
+
+handler = grpc.method_handlers_generic_handler("test.Timeouts", {
+    "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+server.wait_for_termination()
+"#;
+
+/// Calls `Ticks` with COUNT on TARGET (h2c prior knowledge); prints one JSON
+/// line: the messages, when each arrived, the status, how long it took.
+const GRPC_TICK_CLIENT: &str = r#"
+import json, sys, time
+import grpc
+
+target, count = sys.argv[1], sys.argv[2]
+out = {"messages": [], "at": []}
+start = time.monotonic()
+try:
+    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        call = channel.unary_stream("/test.Timeouts/Ticks")(count.encode(), timeout=25)
+        for message in call:
+            out["messages"].append(message.decode())
+            out["at"].append(time.monotonic() - start)
+        out["code"] = call.code().name
+except grpc.RpcError as e:
+    out["code"] = e.code().name
+    out["details"] = e.details()
+out["elapsed"] = time.monotonic() - start
+print(json.dumps(out), flush=True)
+"#;
+
+/// Fails (never skips) when the python package is missing.
+async fn require_grpcio() {
+    let out = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    let ok = matches!(&out, Ok(o) if o.status.success());
+    assert!(
+        ok,
+        "python3 cannot import `grpc`: install the pip package `grpcio` \
+         (python3 -m pip install grpcio; .ci/run does this): {:?}",
+        out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+    );
+}
+
+/// A gRPC server stream of 15 messages, one a second for 14 s (python
+/// grpcio server behind `protocol = "h2c"`, python grpcio client on the plain
+/// listener by h2c prior knowledge): every message arrives, paced, and the
+/// call ends with status OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_server_stream_for_14s_is_not_cut() {
+    require_grpcio().await;
+    let (_server, server_addr) = python_server(GRPC_TICK_SERVER, "the grpcio server").await;
+    let services = format!(
+        "[services.grpc]\nbackends = [\"{server_addr}\"]\nprotocol = \"h2c\"\n\n{}",
+        route_toml(None, "/", "grpc", false)
+    );
+    let app = app_with("", &services).await;
+    let count = SPAN_SECS as usize + 1;
+    let client = Command::new("python3")
+        .args(["-c", GRPC_TICK_CLIENT])
+        .arg(app.proxy.to_string())
+        .arg(count.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 must be installed");
+    let out = tokio::time::timeout(LONG, client.wait_with_output())
+        .await
+        .expect("the grpcio client finished within 30 s")
+        .expect("grpcio client output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    let want: Vec<String> = (0..count).map(|i| i.to_string()).collect();
+    assert_eq!(report["messages"], serde_json::json!(want), "{report}");
+    assert_eq!(report["code"], "OK", "{report}");
+    let elapsed = report["elapsed"].as_f64().unwrap_or(0.0);
+    assert!(
+        elapsed >= (SPAN_SECS - 1) as f64,
+        "the stream was not paced over 14 s: {report}"
+    );
+    // Paced through the proxy, not held back and delivered in a burst.
+    let at: Vec<f64> = report["at"]
+        .as_array()
+        .expect("arrival times")
+        .iter()
+        .map(|t| t.as_f64().unwrap_or(f64::MAX))
+        .collect();
+    let mut previous = 0.0;
+    for (i, t) in at.iter().enumerate() {
+        assert!(
+            t - previous < 5.0,
+            "message {i} came {:.1} s after the one before: {report}",
+            t - previous
+        );
+        previous = *t;
+    }
     expect_closes(&app, 0.0, 0.0).await;
 }
 
