@@ -237,7 +237,15 @@ impl EtcdStore {
         let alive = self
             .call(|mut c| async move {
                 match c.lease_keep_alive(lease).await {
-                    Ok(_) => Ok(true),
+                    Ok((keeper, mut stream)) => {
+                        // End the stream cleanly (our side closed, the answer
+                        // read to its end) rather than drop it mid-stream: h2
+                        // closes a connection after 1,024 locally reset streams,
+                        // which ~14,000 heartbeats reached (bench/cluster.sh).
+                        drop(keeper);
+                        while stream.message().await?.is_some() {}
+                        Ok(true)
+                    }
                     Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
                     Err(e) => Err(e),
                 }
