@@ -396,7 +396,20 @@ impl State {
     }
 
     fn build_service(&mut self, name: Arc<str>, settings: Arc<ServiceConfig>) -> Service {
-        let backends = self.members.backends(&name);
+        let mut backends = self.members.backends(&name);
+        // Configured backends (listed first) keep the config's order, which
+        // round robin starts from and listings show.
+        let configured = backends
+            .iter()
+            .take_while(|b| b.source == crate::backend::Source::Config)
+            .count();
+        backends[..configured].sort_by_key(|b| {
+            settings
+                .backends
+                .iter()
+                .position(|d| *d.address == *b.id)
+                .unwrap_or(usize::MAX)
+        });
         if settings.health_check.is_none() {
             // Checks switched off (or never on): everyone counts as healthy.
             backends.iter().for_each(|b| b.set_health(Health::Healthy));
