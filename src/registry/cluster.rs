@@ -61,11 +61,6 @@ impl Registry {
         self.cluster.as_ref().map_or(true, |c| c.is_up())
     }
 
-    /// Whether this registry follows etcd.
-    pub fn is_clustered(&self) -> bool {
-        self.cluster.is_some()
-    }
-
     /// Follow etcd's changes from `after` on; runs until aborted.
     pub async fn run_follower(self: Arc<Self>, config: RegistryConfig, mut after: i64) {
         let Some(cluster) = self.cluster.clone() else {
