@@ -20,6 +20,7 @@
 //! - [`balance`]: selection policies (round robin, least connections).
 //! - [`health`]: active health checks — a supervisor, one checker task per backend, probes.
 //! - [`routing`]: host and path-prefix precedence.
+//! - [`request_path`]: dot segments removed, ambiguous encodings found, before routing.
 //! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
 //! - [`listener`]: accept loops, connection limits, header-read and idle timeouts, graceful close.
 //! - [`tls`]: rustls settings — listener certificates chosen by SNI, TLS to backends.
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod reload;
+pub mod request_path;
 pub mod routing;
 pub mod shutdown;
 pub mod source;

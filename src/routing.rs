@@ -15,6 +15,8 @@ pub struct Route {
     pub path_prefix: String,
     pub service: usize,
     pub strip_prefix: bool,
+    /// Requests whose path holds `%2f`, `%5c`, `%00` or `\` may use it.
+    pub allow_ambiguous_paths: bool,
 }
 
 /// A route as declared, before compilation.
@@ -25,6 +27,7 @@ pub struct RouteSpec<'a> {
     pub path_prefix: &'a str,
     pub service: usize,
     pub strip_prefix: bool,
+    pub allow_ambiguous_paths: bool,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +38,8 @@ pub struct RouteTable {
     hostless: Vec<Route>,
     /// `/<service>/` for services no route names; tried last.
     implicit: Vec<Route>,
+    /// `[proxy] merge_slashes`: how request paths are normalised before [`RouteTable::find`].
+    pub merge_slashes: bool,
 }
 
 /// Longest host name we normalise on the stack (DNS caps names at 253).
@@ -53,6 +58,7 @@ impl RouteTable {
                 path_prefix: spec.path_prefix.to_owned(),
                 service: spec.service,
                 strip_prefix: spec.strip_prefix,
+                allow_ambiguous_paths: spec.allow_ambiguous_paths,
             };
             match spec.host {
                 None => table.hostless.push(route),
@@ -67,6 +73,7 @@ impl RouteTable {
                 path_prefix: format!("/{name}/"),
                 service,
                 strip_prefix: false,
+                allow_ambiguous_paths: false,
             });
         }
         table.sort();
@@ -187,6 +194,7 @@ mod tests {
             path_prefix: prefix,
             service,
             strip_prefix: false,
+            allow_ambiguous_paths: false,
         }
     }
 

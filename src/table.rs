@@ -497,6 +497,7 @@ fn route_table(config: &Config, by_name: &HashMap<Arc<str>, usize>) -> RouteTabl
             path_prefix: &r.path_prefix,
             service: *by_name.get(r.service.as_str())?,
             strip_prefix: r.strip_prefix,
+            allow_ambiguous_paths: r.allow_ambiguous_paths,
         })
     });
     let named: BTreeSet<&str> = config.routes.iter().map(|r| r.service.as_str()).collect();
@@ -506,7 +507,9 @@ fn route_table(config: &Config, by_name: &HashMap<Arc<str>, usize>) -> RouteTabl
             implicit.insert(name.as_ref(), index);
         }
     }
-    RouteTable::build(specs, implicit)
+    let mut routes = RouteTable::build(specs, implicit);
+    routes.merge_slashes = config.proxy.merge_slashes;
+    routes
 }
 
 #[cfg(test)]

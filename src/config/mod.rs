@@ -65,6 +65,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Default 0 = one runtime worker thread per core.
     pub workers: usize,
+    /// Default false: `//` runs in request paths count as one `/` (routing and upstream).
+    pub merge_slashes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -308,6 +310,8 @@ pub struct RouteConfig {
     pub service: String,
     /// Default false.
     pub strip_prefix: bool,
+    /// Default false: paths with `%2f`, `%5c`, `%00` or `\` get 400 on this route.
+    pub allow_ambiguous_paths: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -59,6 +59,7 @@ pub(super) struct RawProxy {
     pub max_connections: Option<Int>,
     pub drain_timeout: Option<Text>,
     pub workers: Option<Int>,
+    pub merge_slashes: Option<bool>,
     #[serde(default)]
     pub tls: Vec<RawTls>,
 }
@@ -252,6 +253,7 @@ pub(super) struct RawRoute {
     pub path_prefix: Option<Text>,
     pub service: Text,
     pub strip_prefix: Option<bool>,
+    pub allow_ambiguous_paths: Option<bool>,
 }
 
 /// `[log]`.

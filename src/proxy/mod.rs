@@ -17,6 +17,7 @@ mod outlier;
 pub mod retry;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ use ipnet::IpNet;
 
 use crate::backend::{ActiveGuard, Backend};
 use crate::config::UpstreamProtocol;
+use crate::request_path;
 use crate::routing::{self, Route};
 use crate::table::{Publisher, Service, SharedTable, Table};
 use body::{BodyError, ProxyBody, RequestGuard, UpstreamBody};
@@ -129,8 +131,17 @@ impl ProxyService {
             return ProxyError::HeadersTooLarge.into_response(http1);
         }
         let table: Arc<Table> = self.proxy.table.load_full();
-        let Some(route) = find_route(&table, &req) else {
+        let path = request_path::normalise(req.uri().path(), table.routes.merge_slashes);
+        let Some(route) = find_route(&table, &req, &path.path) else {
             return ProxyError::NoRoute.into_response(unread_body && http1);
+        };
+        if path.ambiguous && !route.allow_ambiguous_paths {
+            let why = "the path holds an ambiguous encoding (%2f, %5c, %00 or \\)";
+            return ProxyError::BadRequest(why).into_response(unread_body && http1);
+        }
+        let normalised = match path.path {
+            Cow::Owned(path) => Some(path),
+            Cow::Borrowed(_) => None,
         };
         let service = &table.services[route.service];
         let fwd = Forwarding {
@@ -139,7 +150,7 @@ impl ProxyService {
             unread_body,
             http1,
         };
-        match self.forward(&fwd, route, req).await {
+        match self.forward(&fwd, route, normalised, req).await {
             Ok(resp) => resp,
             Err(err) => {
                 let status = err.status();
@@ -158,6 +169,7 @@ impl ProxyService {
         &self,
         fwd: &Forwarding<'_>,
         route: &Route,
+        normalised: Option<String>,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let max = self.proxy.max_body_bytes;
@@ -180,7 +192,7 @@ impl ProxyService {
             authority: authority.as_ref().map(|a| a.as_str()),
         };
         headers::prepare_request(&mut parts.headers, &forwarded, upgrade);
-        let path = upstream_path(route, &parts.uri)?;
+        let path = upstream_path(route, &parts.uri, normalised)?;
         let body = UpstreamBody::from_client(
             body,
             self.proxy.body_idle_timeout,
@@ -489,14 +501,15 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, guard: RequestGuard) {
     drop(guard);
 }
 
-/// Host header (HTTP/1) or URI authority (HTTP/2), then the route.
-fn find_route<'t>(table: &'t Table, req: &Request<Incoming>) -> Option<&'t Route> {
+/// Host header (HTTP/1) or URI authority (HTTP/2), then the route for the
+/// normalised `path`.
+fn find_route<'t>(table: &'t Table, req: &Request<Incoming>, path: &str) -> Option<&'t Route> {
     let host = req
         .headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    table.routes.find(host, req.uri().path())
+    table.routes.find(host, path)
 }
 
 fn declared_length(req: &Request<Incoming>) -> Option<u64> {
@@ -508,12 +521,20 @@ fn declared_length(req: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
-/// The path and query the backend sees (prefix stripped when the route says so).
-fn upstream_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
-    let original = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+/// The path and query the backend sees: the normalised path when
+/// normalising changed it, the prefix stripped when the route says so.
+fn upstream_path(
+    route: &Route,
+    uri: &Uri,
+    normalised: Option<String>,
+) -> Result<PathAndQuery, ProxyError> {
+    let original = match normalised {
+        Some(path) => with_query(path, uri.query())?,
+        None => uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
     if !route.strip_prefix {
         return Ok(original);
     }
@@ -522,4 +543,12 @@ fn upstream_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
             .map_err(|_| ProxyError::BadRequest("path cannot be rewritten")),
         None => Ok(original),
     }
+}
+
+fn with_query(mut path: String, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+    if let Some(query) = query {
+        path.push('?');
+        path.push_str(query);
+    }
+    PathAndQuery::try_from(path).map_err(|_| ProxyError::BadRequest("path cannot be rewritten"))
 }

@@ -78,6 +78,7 @@ fn proxy(cx: &mut Ctx, raw: &RawProxy) -> ProxyConfig {
         max_connections: take!(cx, "proxy", int(raw.max_connections, d, 1..=NO_MAX)),
         drain_timeout: take!(cx, "proxy", dur0(raw.drain_timeout, d)),
         workers: take!(cx, "proxy", int(raw.workers, d, 0..=1024)),
+        merge_slashes: raw.merge_slashes.unwrap_or(d.merge_slashes),
     }
 }
 

@@ -44,6 +44,7 @@ pub(super) fn default_proxy() -> ProxyConfig {
         max_connections: 10_000,
         drain_timeout: secs(30),
         workers: 0,
+        merge_slashes: false,
     }
 }
 

@@ -193,5 +193,6 @@ fn route(cx: &mut Ctx, key: &str, raw: &RawRoute) -> RouteConfig {
         path_prefix: prefix,
         service: raw.service.get_ref().clone(),
         strip_prefix: raw.strip_prefix.unwrap_or(false),
+        allow_ambiguous_paths: raw.allow_ambiguous_paths.unwrap_or(false),
     }
 }

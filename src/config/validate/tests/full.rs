@@ -165,6 +165,7 @@ fn the_full_example_service_and_routes() {
         path_prefix: prefix.into(),
         service: service.into(),
         strip_prefix: strip,
+        allow_ambiguous_paths: false,
     };
     let routes = vec![
         route("api.example.com", "/users", "users", true),
