@@ -237,6 +237,13 @@ impl RequestTemplate {
             UpstreamProtocol::Http1 | UpstreamProtocol::Https => Version::HTTP_11,
         };
         *req.headers_mut() = self.headers.clone();
+        if protocol == UpstreamProtocol::H2c {
+            // One authority (RFC 9113 §8.3.1): `:authority` names the
+            // backend (the pool dials what the URI names), and a Host that
+            // differs makes a strict server refuse the request as
+            // malformed. The client's host travels in X-Forwarded-Host.
+            req.headers_mut().remove(HOST);
+        }
         req
     }
 }
