@@ -52,6 +52,8 @@ pub struct ListenerMetrics {
     pub closed_header_read: IntCounter,
     /// Closed by Switchyard: TLS handshake not done within `header_read_timeout`.
     pub closed_handshake: IntCounter,
+    /// Closed by Switchyard: an HTTP/2 client flooded PING/SETTINGS frames.
+    pub closed_flood: IntCounter,
     /// Dropped with requests still unanswered (only at the end of a drain).
     pub cut: IntCounter,
 }
@@ -285,6 +287,7 @@ impl Metrics {
             closed_idle: closed("idle_timeout"),
             closed_header_read: closed("header_read_timeout"),
             closed_handshake: closed("handshake_timeout"),
+            closed_flood: closed("control_frame_flood"),
             cut: self.connections_cut.with_label_values(&[listener]),
         })
     }

@@ -26,6 +26,7 @@ use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 use super::clock::{millis, CloseReason, ConnClock, ConnTimeouts};
+use super::h2_flood::ControlFloodGuard;
 use super::in_flight::Counted;
 use crate::metrics::ListenerMetrics;
 use crate::proxy::framing::RequestFraming;
@@ -114,6 +115,8 @@ where
             inner: io,
             clock: Arc::clone(&clock),
             framing: RequestFraming::new(),
+            flood: ControlFloodGuard::new(),
+            metrics: Arc::clone(&self.metrics),
         });
         let service = Counted::new(self.service.clone(), Arc::clone(&clock));
         let conn = self.builder.serve_connection_with_upgrades(io, service);
@@ -280,11 +283,15 @@ impl Timer {
 /// A client stream that tells the clock about bytes and request heads and,
 /// on HTTP/1, runs the framing guard over every byte before hyper parses it
 /// (hyper silently drops a Content-Length sent beside Transfer-Encoding; the
-/// guard makes such a head unparseable so hyper answers 400 and closes).
+/// guard makes such a head unparseable so hyper answers 400 and closes); on
+/// HTTP/2, the control-frame flood guard, whose verdict fails the read so
+/// hyper drops the connection.
 struct TrackedIo<I> {
     inner: I,
     clock: Arc<ConnClock>,
     framing: RequestFraming,
+    flood: ControlFloodGuard,
+    metrics: Arc<ListenerMetrics>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
@@ -301,6 +308,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
                 tracing::debug!("request with both Content-Length and Transfer-Encoding refused");
             }
             this.clock.on_read(this.framing.in_head());
+            if this.flood.scan(&buf.filled()[before..]) {
+                this.metrics.closed_flood.inc();
+                tracing::debug!("HTTP/2 control-frame flood (PING/SETTINGS); connection closed");
+                return Poll::Ready(Err(io::Error::other("HTTP/2 control-frame flood")));
+            }
         }
         result
     }

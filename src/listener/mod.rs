@@ -17,6 +17,7 @@
 
 mod clock;
 mod connection;
+mod h2_flood;
 mod in_flight;
 
 use std::io;
