@@ -173,7 +173,15 @@ impl App {
     ) -> Result<(), StartError> {
         let (stop_proxy, proxy_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
-        let max_connections = self.config.proxy.max_connections;
+        let backends = self
+            .config
+            .services
+            .values()
+            .map(|s| s.backends.len())
+            .sum();
+        let max_connections =
+            listener::budget_connections(self.config.proxy.max_connections, backends)
+                .max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
         self.spawn_proxy_listeners(&permits, proxy_stopped);
         let admin_permits = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));

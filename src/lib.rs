@@ -23,6 +23,7 @@
 //! - [`request_path`]: dot segments removed, ambiguous encodings found, before routing.
 //! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
 //! - [`listener`]: accept loops, connection limits, header-read and idle timeouts, graceful close.
+//! - [`log_throttle`]: one log line per interval for faults that repeat (EMFILE...).
 //! - [`tls`]: rustls settings — listener certificates chosen by SNI, TLS to backends.
 //! - [`admin`]: /healthz, /readyz, /metrics and the /v1 API.
 //! - [`metrics`]: the owned Prometheus registry and pre-resolved handles.
@@ -40,6 +41,7 @@ pub mod config;
 pub mod control;
 pub mod health;
 pub mod listener;
+pub mod log_throttle;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;

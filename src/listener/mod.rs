@@ -17,6 +17,7 @@
 
 mod clock;
 mod connection;
+mod fd_budget;
 mod h2_flood;
 mod in_flight;
 
@@ -36,9 +37,15 @@ use tokio_rustls::TlsAcceptor;
 
 pub use clock::ConnTimeouts;
 use connection::Connection;
+pub use fd_budget::{apply as budget_connections, ConnectionBudget};
 
 use crate::config::ProxyConfig;
+use crate::log_throttle::Throttle;
 use crate::metrics::ListenerMetrics;
+
+/// Accept failures repeat every 50 ms while they last: one line per interval.
+static ACCEPT_FAILED: Throttle = Throttle::new();
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The hyper connection builder for client connections, from `[proxy]`.
 pub fn http_builder(cfg: &ProxyConfig) -> auto::Builder<TokioExecutor> {
@@ -108,7 +115,9 @@ where
             match accepted {
                 Ok((stream, peer)) => self.spawn_connection(stream, peer, permit),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; backing off");
+                    if let Some(more) = ACCEPT_FAILED.allow(LOG_INTERVAL) {
+                        tracing::warn!(error = %e, more_since_last_line = more, "accept failed; backing off 50 ms at each failure");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

@@ -35,6 +35,7 @@ use ipnet::IpNet;
 
 use crate::backend::{ActiveGuard, Backend};
 use crate::config::UpstreamProtocol;
+use crate::log_throttle::{is_out_of_descriptors, Throttle};
 use crate::request_path;
 use crate::routing::{self, Route};
 use crate::table::{Publisher, Service, SharedTable, Table};
@@ -419,9 +420,17 @@ async fn attempt(
     counter.inc();
     if let Err(e) = &result {
         tracing::debug!(backend = %backend.address, error = %e, cause = ?std::error::Error::source(e), "attempt failed");
+        if is_out_of_descriptors(e) {
+            if let Some(more) = NO_DESCRIPTOR.allow(Duration::from_secs(10)) {
+                tracing::warn!(backend = %backend.address, more_since_last_line = more, "backend connect failed: the process is out of file descriptors (RLIMIT_NOFILE)");
+            }
+        }
     }
     result
 }
+
+/// Backend connects failing for want of a descriptor: one line per interval.
+static NO_DESCRIPTOR: Throttle = Throttle::new();
 
 /// Sort a client error into what the retry rules and the answer need.
 /// `reused`: the request went out on a pooled connection made earlier.

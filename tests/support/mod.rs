@@ -709,7 +709,20 @@ pub fn parse_listen_line(line: &str, marker: &str) -> Option<SocketAddr> {
 /// lines, then for `/readyz` to answer 200. Panics with the captured stderr
 /// when it exits or takes too long.
 pub async fn spawn_binary(args: &[&str], proxies: usize) -> Proc {
-    let mut child = tokio::process::Command::new(BIN)
+    spawn_binary_under(&[], args, proxies).await
+}
+
+/// [`spawn_binary`] run by a wrapper that execs it, e.g.
+/// `["prlimit", "--nofile=256:256", "--"]` (the pid stays the binary's).
+pub async fn spawn_binary_under(wrapper: &[&str], args: &[&str], proxies: usize) -> Proc {
+    let (program, wrapper_args) = match wrapper.split_first() {
+        Some((program, rest)) => (*program, rest),
+        None => (BIN, &[][..]),
+    };
+    let bin: &[&str] = if wrapper.is_empty() { &[] } else { &[BIN] };
+    let mut child = tokio::process::Command::new(program)
+        .args(wrapper_args)
+        .args(bin)
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
