@@ -63,8 +63,9 @@ pub struct ListenerMetrics {
 pub struct ServiceMetrics {
     service: String,
     requests_total: IntCounterVec,
-    /// Index = status code − 100, resolved on first use.
-    by_code: Box<[OnceLock<IntCounter>]>,
+    /// Index = status code − 100, resolved on first use; the table itself
+    /// (8 KiB) too, so a service that never answers costs nothing here.
+    by_code: OnceLock<Box<[OnceLock<IntCounter>]>>,
     pub duration: Histogram,
     pub retries: IntCounter,
 }
@@ -72,10 +73,12 @@ pub struct ServiceMetrics {
 impl ServiceMetrics {
     /// Count one answered request with this status code.
     pub fn count_response(&self, status: u16) {
-        let Some(slot) = status
-            .checked_sub(100)
-            .and_then(|i| self.by_code.get(usize::from(i)))
-        else {
+        let Some(slot) = status.checked_sub(100).and_then(|i| {
+            let table = self
+                .by_code
+                .get_or_init(|| (100..600).map(|_| OnceLock::new()).collect());
+            table.get(usize::from(i))
+        }) else {
             return;
         };
         slot.get_or_init(|| {
@@ -224,7 +227,7 @@ impl Metrics {
         Arc::new(ServiceMetrics {
             service: service.to_owned(),
             requests_total: self.requests_total.clone(),
-            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            by_code: OnceLock::new(),
             duration: self.request_duration.with_label_values(&[service]),
             retries: self.retries.with_label_values(&[service]),
         })

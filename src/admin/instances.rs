@@ -139,7 +139,9 @@ pub fn status_of(e: &RegistryError) -> StatusCode {
         | RegistryError::Ttl { .. }
         | RegistryError::Address(_) => StatusCode::BAD_REQUEST,
         RegistryError::Refused { .. } | RegistryError::NewService(_) => StatusCode::FORBIDDEN,
-        RegistryError::TooManyInstances { .. } => StatusCode::TOO_MANY_REQUESTS,
+        RegistryError::TooManyInstances { .. }
+        | RegistryError::TooManyServices { .. }
+        | RegistryError::RegistryFull { .. } => StatusCode::TOO_MANY_REQUESTS,
         RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
         RegistryError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }

@@ -119,6 +119,10 @@ pub struct RegistryConfig {
     pub allow_new_services: bool,
     /// Default 10000.
     pub max_instances_per_service: usize,
+    /// Default 1000: services that have registered instances, at most.
+    pub max_services: usize,
+    /// Default 100000: registered instances in all, at most.
+    pub max_instances: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -107,6 +107,8 @@ pub(super) struct RawRegistry {
     pub allowed_networks: Option<Vec<Text>>,
     pub allow_new_services: Option<bool>,
     pub max_instances_per_service: Option<Int>,
+    pub max_services: Option<Int>,
+    pub max_instances: Option<Int>,
     pub etcd: Option<Spanned<RawEtcd>>,
 }
 

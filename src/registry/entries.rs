@@ -73,13 +73,27 @@ impl Inner {
         if existing.is_none() && !limits.declared && !limits.config.allow_new_services {
             return Err(RegistryError::NewService(service.to_owned()));
         }
+        if existing.is_some_and(|m| m.contains_key(id)) {
+            return Ok(()); // an update adds nothing
+        }
         let count = existing.map_or(0, BTreeMap::len);
         let max = limits.config.max_instances_per_service;
-        if count >= max && existing.map_or(true, |m| !m.contains_key(id)) {
+        if count >= max {
             return Err(RegistryError::TooManyInstances {
                 service: service.to_owned(),
                 max,
             });
+        }
+        let max = limits.config.max_services;
+        if existing.is_none() && self.services.len() >= max {
+            return Err(RegistryError::TooManyServices {
+                service: service.to_owned(),
+                max,
+            });
+        }
+        let max = limits.config.max_instances;
+        if self.services.values().map(BTreeMap::len).sum::<usize>() >= max {
+            return Err(RegistryError::RegistryFull { max });
         }
         Ok(())
     }

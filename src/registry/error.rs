@@ -46,6 +46,10 @@ pub enum RegistryError {
     NewService(String),
     #[error("service `{service}` already has {max} registered instances (registry.max_instances_per_service)")]
     TooManyInstances { service: String, max: usize },
+    #[error("the registry already holds instances of {max} services (registry.max_services): service `{service}` cannot be added")]
+    TooManyServices { service: String, max: usize },
+    #[error("the registry already holds {max} registered instances (registry.max_instances)")]
+    RegistryFull { max: usize },
     #[error("instance `{id}` of service `{service}` is not registered (unknown, or its lease expired): register it again")]
     NotFound { service: String, id: String },
     /// Cluster mode: etcd did not take the write (SPEC §6: 503).

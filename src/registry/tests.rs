@@ -18,6 +18,8 @@ fn config() -> RegistryConfig {
         allowed_networks: None,
         allow_new_services: true,
         max_instances_per_service: 3,
+        max_services: 1_000,
+        max_instances: 100_000,
     }
 }
 

@@ -223,5 +223,7 @@ fn registry(cx: &mut Ctx, raw: &RawRegistry) -> RegistryConfig {
             "registry",
             int(raw.max_instances_per_service, d, 1..=NO_MAX)
         ),
+        max_services: take!(cx, "registry", int(raw.max_services, d, 1..=NO_MAX)),
+        max_instances: take!(cx, "registry", int(raw.max_instances, d, 1..=NO_MAX)),
     }
 }

@@ -67,6 +67,8 @@ pub(super) fn default_registry() -> RegistryConfig {
         allowed_networks: None,
         allow_new_services: true,
         max_instances_per_service: 10_000,
+        max_services: 1_000,
+        max_instances: 100_000,
     }
 }
 
