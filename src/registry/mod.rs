@@ -30,6 +30,7 @@
 //! - `entries` (private): the state behind the writers' mutex.
 //! - [`snapshot`]: the immutable view readers get; the registry as a `BackendSource`.
 //! - [`store`]: the `RegistryStore` seam; memory and file stores.
+//! - [`journal`]: the file store's write-ahead log, group-committed.
 //! - [`shared`]: the `SharedStore` seam, for stores every node follows
 //!   (`cluster`); [`etcd`] implements it.
 //! - [`client`]: the `switchyard register` command's HTTP client.
@@ -42,6 +43,7 @@ mod entries;
 pub mod error;
 pub mod etcd;
 pub mod instance;
+mod journal;
 pub mod lease;
 pub mod shared;
 pub mod snapshot;
@@ -63,7 +65,7 @@ pub use etcd::{EtcdError, EtcdStore};
 pub use instance::{Instance, Registration};
 pub use shared::{SharedError, SharedStore};
 pub use snapshot::Snapshot;
-pub use store::{RegistryStore, StoreError};
+pub use store::{Loaded, RegistryStore, StoreError};
 
 use crate::config::RegistryConfig;
 use address::Policy;
@@ -172,7 +174,11 @@ impl Registry {
         }
     }
 
-    fn restore(&self, loaded: Vec<Instance>, config: &RegistryConfig) {
+    fn restore(&self, loaded: Loaded, config: &RegistryConfig) {
+        let Loaded {
+            instances: loaded,
+            version,
+        } = loaded;
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut inner = self.lock();
         let (mut expired, mut refused, mut kept) = (0, 0, 0);
@@ -195,13 +201,15 @@ impl Registry {
             inner.upsert(Arc::new(instance), deadline, Origin::default());
             kept += 1;
         }
-        // Version 1: newer than the empty initial snapshot, and what the
-        // store already holds (nothing to write back).
-        inner.version = 1;
-        self.version.store(1, Ordering::Release);
+        // Newer than the empty initial snapshot, and what the store already
+        // holds (nothing to write back); the journal's next line follows
+        // every line it already has.
+        let version = version.max(1);
+        inner.version = version;
+        self.version.store(version, Ordering::Release);
         drop(inner);
         if let Ok(mut saved) = self.saved.try_lock() {
-            *saved = 1;
+            *saved = version;
         }
         if expired + refused + kept > 0 {
             tracing::info!(kept, expired, refused, "registry store loaded");
@@ -252,11 +260,16 @@ impl Registry {
         });
         let deadline = lease.map(|(at, _)| at);
         let Some(cluster) = &self.cluster else {
-            let mut inner = self.lock();
-            inner.admit(limits, service, id)?;
-            let change = inner.upsert(Arc::clone(&instance), deadline, Origin::default());
-            self.changed(inner, change, deadline, &[]);
+            let durable = {
+                let mut inner = self.lock();
+                inner.admit(limits, service, id)?;
+                let change = inner.upsert(Arc::clone(&instance), deadline, Origin::default());
+                let durable = self.journal_put(&inner, &instance);
+                self.changed(inner, change, deadline, &[]);
+                durable
+            };
             self.tell_lease(&instance);
+            journal_done(durable).await?;
             return Ok(instance);
         };
         self.lock().admit(limits, service, id)?;
@@ -274,6 +287,20 @@ impl Registry {
             cluster.revoke_later(replaced);
         }
         Ok(instance)
+    }
+
+    /// Queue `instance` in the file store's journal as the version the
+    /// coming `changed` gives it; called under the writers' lock, so the
+    /// journal's lines keep the writes' order.
+    fn journal_put(&self, inner: &Inner, instance: &Instance) -> Option<journal::Ack> {
+        let journal = self.store.journal()?;
+        let line = store::encode_instance(instance);
+        Some(journal.append(inner.version + 1, journal::Record::Put(&line)))
+    }
+
+    fn journal_delete(&self, inner: &Inner, service: &str, id: &str) -> Option<journal::Ack> {
+        let record = journal::Record::Delete { service, id };
+        Some(self.store.journal()?.append(inner.version + 1, record))
     }
 
     /// Tell routing when an instance's lease now ends.
@@ -331,14 +358,19 @@ impl Registry {
                 etcd_lease,
             };
         }
-        let mut inner = self.lock();
-        if inner.get(service, id).is_none() {
-            // Deregistered meanwhile: a heartbeat does not bring it back.
-            return Err(not_found(service, id));
-        }
-        let change = inner.apply(Arc::clone(&instance), Some(deadline), origin);
-        self.changed(inner, change, Some(deadline), &[]);
+        let durable = {
+            let mut inner = self.lock();
+            if inner.get(service, id).is_none() {
+                // Deregistered meanwhile: a heartbeat does not bring it back.
+                return Err(not_found(service, id));
+            }
+            let change = inner.apply(Arc::clone(&instance), Some(deadline), origin);
+            let durable = self.journal_put(&inner, &instance);
+            self.changed(inner, change, Some(deadline), &[]);
+            durable
+        };
         self.tell_lease(&instance);
+        journal_done(durable).await?;
         Ok(instance)
     }
 
@@ -360,11 +392,16 @@ impl Registry {
         check_name(NameKind::Service, service)?;
         check_name(NameKind::Instance, id)?;
         let Some(cluster) = &self.cluster else {
-            let mut inner = self.lock();
-            let entry = inner
-                .detach(service, id)
-                .ok_or_else(|| not_found(service, id))?;
-            self.changed_left(inner, &entry);
+            let (entry, durable) = {
+                let mut inner = self.lock();
+                let entry = inner
+                    .detach(service, id)
+                    .ok_or_else(|| not_found(service, id))?;
+                let durable = self.journal_delete(&inner, service, id);
+                self.changed_left(inner, &entry);
+                (entry, durable)
+            };
+            journal_done(durable).await?;
             return Ok(entry.instance);
         };
         let Some((revision, stored)) = cluster.delete(service, id).await.map_err(unavailable)?
@@ -510,6 +547,22 @@ fn not_found(service: &str, id: &str) -> RegistryError {
     RegistryError::NotFound {
         service: service.to_owned(),
         id: id.to_owned(),
+    }
+}
+
+/// Wait until a journaled write is durable (no journal: nothing to wait for).
+async fn journal_done(durable: Option<journal::Ack>) -> Result<(), RegistryError> {
+    let Some(ack) = durable else {
+        return Ok(());
+    };
+    match ack.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RegistryError::StoreUnavailable(format!(
+            "the registry file could not be written: {e}"
+        ))),
+        Err(_) => Err(RegistryError::StoreUnavailable(
+            "the registry file's writer has stopped".into(),
+        )),
     }
 }
 

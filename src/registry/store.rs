@@ -4,8 +4,10 @@
 //!
 //! The registry keeps its live table in memory and hands the store whole
 //! snapshots, at most one write per ~100 ms (see `Registry::run_writer`); the
-//! store is read once, at start-up. So the request path and the admin API
-//! never wait for a disk.
+//! store is read once, at start-up. The file store also keeps a journal
+//! (`super::journal`): each write is appended and fsynced before the admin
+//! API answers it, so nothing acknowledged is lost; the request path never
+//! waits for a disk.
 //!
 //! The file store writes atomically: the snapshot goes to a temporary file in
 //! the same folder, is fsynced, renamed over the target, and the folder is
@@ -14,11 +16,12 @@
 //! the first write); an unreadable or corrupt file is an error naming it, and
 //! is left untouched for the operator to inspect.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +29,7 @@ use serde_json::{Map, Value};
 
 use super::error::{NameKind, RegistryError};
 use super::instance::{check_name, format_time, format_ttl, parse_ttl, Instance, WEIGHTS};
+use super::journal::{self, Journal, Replayed};
 use crate::config::StoreConfig;
 
 /// The file format's version; a file with another one is refused, not guessed at.
@@ -33,10 +37,24 @@ const FORMAT_VERSION: u32 = 1;
 
 /// Persistence for registrations.
 pub trait RegistryStore: Send + Sync + fmt::Debug {
-    /// Everything persisted, expired leases included (the registry drops them).
-    fn load(&self) -> Result<Vec<Instance>, StoreError>;
-    /// Replace what is persisted with `instances`.
-    fn save(&self, instances: &[Arc<Instance>]) -> Result<(), StoreError>;
+    /// Everything persisted, expired leases included (the registry drops
+    /// them), and the registry version it was persisted at.
+    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Replace what is persisted with `instances`, the registry at `version`.
+    fn save(&self, instances: &[Arc<Instance>], version: u64) -> Result<(), StoreError>;
+    /// Where each write must be made durable before it is answered (the
+    /// file store); `None`: writes are persisted by snapshots only.
+    fn journal(&self) -> Option<&Journal> {
+        None
+    }
+}
+
+/// What a store held at start-up.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub instances: Vec<Instance>,
+    /// The registry version of the newest write in it (0: none).
+    pub version: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +90,14 @@ pub enum Corruption {
     Version(u32),
     #[error("instance #{index}: {problem}")]
     Entry {
+        index: usize,
+        #[source]
+        problem: EntryProblem,
+    },
+    #[error("journal: {0}")]
+    Replay(#[from] journal::ReplayError),
+    #[error("journal write #{index}: {problem}")]
+    Journal {
         index: usize,
         #[source]
         problem: EntryProblem,
@@ -124,11 +150,14 @@ impl MemoryStore {
 }
 
 impl RegistryStore for MemoryStore {
-    fn load(&self) -> Result<Vec<Instance>, StoreError> {
-        Ok(self.saved().iter().map(|i| Instance::clone(i)).collect())
+    fn load(&self) -> Result<Loaded, StoreError> {
+        Ok(Loaded {
+            instances: self.saved().iter().map(|i| Instance::clone(i)).collect(),
+            version: 0,
+        })
     }
 
-    fn save(&self, instances: &[Arc<Instance>]) -> Result<(), StoreError> {
+    fn save(&self, instances: &[Arc<Instance>], _version: u64) -> Result<(), StoreError> {
         *self.saved.lock().unwrap_or_else(PoisonError::into_inner) = instances.to_vec();
         Ok(())
     }
@@ -136,15 +165,21 @@ impl RegistryStore for MemoryStore {
 
 // === impl FileStore ===
 
-/// A JSON file, replaced atomically on every save.
+/// A JSON snapshot, replaced atomically on every save, and the journal of
+/// the writes since.
 #[derive(Debug)]
 pub struct FileStore {
     path: PathBuf,
+    /// Started by `load`, after the existing logs were read.
+    journal: OnceLock<Journal>,
 }
 
 impl FileStore {
     pub fn new(path: PathBuf) -> FileStore {
-        FileStore { path }
+        FileStore {
+            path,
+            journal: OnceLock::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -164,13 +199,12 @@ impl FileStore {
             source,
         }
     }
-}
 
-impl RegistryStore for FileStore {
-    fn load(&self) -> Result<Vec<Instance>, StoreError> {
+    /// The snapshot file: its instances and the version it holds.
+    fn load_snapshot(&self) -> Result<(Vec<Instance>, u64), StoreError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(source) => {
                 let path = self.path.clone();
                 return Err(StoreError::Read { path, source });
@@ -181,7 +215,8 @@ impl RegistryStore for FileStore {
         if file.version != FORMAT_VERSION {
             return Err(self.corrupt(Corruption::Version(file.version)));
         }
-        file.instances
+        let instances = file
+            .instances
             .into_iter()
             .enumerate()
             .map(|(index, stored)| {
@@ -189,19 +224,73 @@ impl RegistryStore for FileStore {
                     .into_instance()
                     .map_err(|problem| self.corrupt(Corruption::Entry { index, problem }))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((instances, file.journal_version))
     }
 
-    fn save(&self, instances: &[Arc<Instance>]) -> Result<(), StoreError> {
+    /// The journal's writes after the snapshot, applied in order.
+    fn replay(&self, instances: Vec<Instance>, version: u64) -> Result<Loaded, StoreError> {
+        let replay = journal::replay(&self.path, version).map_err(|e| self.corrupt(e.into()))?;
+        if replay.torn_tail {
+            tracing::warn!(path = %self.path.display(), "the registry journal's last line was cut short by a crash (never acknowledged); dropped");
+        }
+        let mut by_key: BTreeMap<(Arc<str>, Arc<str>), Instance> = instances
+            .into_iter()
+            .map(|i| ((Arc::clone(&i.service), Arc::clone(&i.id)), i))
+            .collect();
+        for (index, write) in replay.writes.into_iter().enumerate() {
+            match write {
+                Replayed::Put(value) => {
+                    let instance = serde_json::from_value::<StoredInstance>(value)
+                        .map_err(EntryProblem::Json)
+                        .and_then(StoredInstance::into_instance)
+                        .map_err(|problem| self.corrupt(Corruption::Journal { index, problem }))?;
+                    by_key.insert(
+                        (Arc::clone(&instance.service), Arc::clone(&instance.id)),
+                        instance,
+                    );
+                }
+                Replayed::Delete { service, id } => {
+                    by_key.remove(&(Arc::from(service), Arc::from(id)));
+                }
+            }
+        }
+        Ok(Loaded {
+            instances: by_key.into_values().collect(),
+            version: replay.version,
+        })
+    }
+}
+
+impl RegistryStore for FileStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let (instances, version) = self.load_snapshot()?;
+        let loaded = self.replay(instances, version)?;
+        let journal =
+            Journal::start(&self.path, loaded.version).map_err(|e| self.write_error(e))?;
+        let _ = self.journal.set(journal);
+        Ok(loaded)
+    }
+
+    fn save(&self, instances: &[Arc<Instance>], version: u64) -> Result<(), StoreError> {
         let file = StoredFile {
             version: FORMAT_VERSION,
+            journal_version: version,
             instances: instances
                 .iter()
                 .map(|i| StoredInstance::from(&**i))
                 .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| self.write_error(e.into()))?;
-        write_atomically(&self.path, &bytes).map_err(|e| self.write_error(e))
+        write_atomically(&self.path, &bytes).map_err(|e| self.write_error(e))?;
+        if let Some(journal) = self.journal.get() {
+            journal.covered(version);
+        }
+        Ok(())
+    }
+
+    fn journal(&self) -> Option<&Journal> {
+        self.journal.get()
     }
 }
 
@@ -238,6 +327,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[serde(deny_unknown_fields)]
 struct StoredFile {
     version: u32,
+    /// The registry version the snapshot holds: journal lines up to it are
+    /// in it (0 in files written before the journal existed).
+    #[serde(default)]
+    journal_version: u64,
     instances: Vec<StoredInstance>,
 }
 
@@ -354,9 +447,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/registry.json");
         let store = FileStore::new(path.clone());
-        assert!(store.load().expect("missing = empty").is_empty());
+        assert!(store.load().expect("missing = empty").instances.is_empty());
         assert!(!path.exists(), "loading creates nothing");
-        store.save(&[]).expect("save");
+        store.save(&[], 1).expect("save");
         assert!(path.exists());
     }
 
@@ -366,8 +459,8 @@ mod tests {
         let store = FileStore::new(dir.path().join("registry.json"));
         let ends = millis(SystemTime::now() + Duration::from_secs(30));
         let saved = vec![instance("a", Some(ends)), instance("b", None)];
-        store.save(&saved).expect("save");
-        let loaded = store.load().expect("load");
+        store.save(&saved, 1).expect("save");
+        let loaded = store.load().expect("load").instances;
         let expected: Vec<Instance> = saved.iter().map(|i| Instance::clone(i)).collect();
         assert_eq!(loaded, expected);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
@@ -408,7 +501,7 @@ mod tests {
     #[test]
     fn the_memory_store_keeps_the_last_save() {
         let store = MemoryStore::default();
-        store.save(&[instance("a", None)]).unwrap();
-        assert_eq!(store.load().unwrap().len(), 1);
+        store.save(&[instance("a", None)], 1).unwrap();
+        assert_eq!(store.load().unwrap().instances.len(), 1);
     }
 }

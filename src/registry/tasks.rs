@@ -121,7 +121,7 @@ impl Registry {
         // aborted mid-save the next save waits for this one to finish.
         tokio::task::spawn_blocking(move || {
             let instances: Vec<_> = snapshot.instances().cloned().collect();
-            store.save(&instances)?;
+            store.save(&instances, snapshot.version)?;
             *saved = snapshot.version;
             Ok(())
         })

@@ -350,7 +350,7 @@ async fn expired_and_refused_leases_are_dropped_at_load() {
     fine.id = "fine".into();
     fine.expires_at = Some(std::time::SystemTime::now() + Duration::from_secs(60));
     store
-        .save(&[Arc::new(past), Arc::new(looping), Arc::new(fine)])
+        .save(&[Arc::new(past), Arc::new(looping), Arc::new(fine)], 1)
         .unwrap();
     let own = vec!["127.0.0.1:8080".parse().unwrap()];
     let r = Registry::open(store, &c, own).expect("open");
