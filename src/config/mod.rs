@@ -336,6 +336,13 @@ impl Config {
         validate::load_file(path)
     }
 
+    /// What `switchyard check` runs: [`Config::load`], and also every TLS
+    /// listener's certificate and key read, parsed and matched (errors at
+    /// the `cert` or `key` value, naming the file).
+    pub fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
+        validate::check_file(path)
+    }
+
     /// Parse and validate the text of the config file at `path` (already
     /// read by the caller), exactly as [`Config::load`] would.
     pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
