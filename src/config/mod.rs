@@ -238,10 +238,20 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheckKind {
+    /// `GET path`, a status in `expect_status` passes (HTTP/2 prior
+    /// knowledge for `h2c` services, TLS for `https` ones).
     Http,
+    /// A TCP connect passes.
     Tcp,
+    /// `grpc.health.v1.Health/Check` over the service's protocol (`h2c` or
+    /// `https`; validation refuses others); only `SERVING` passes.
+    Grpc {
+        /// `grpc_service`: the service name asked about; default `""`, the
+        /// server as a whole (the gRPC health protocol's convention).
+        service: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
