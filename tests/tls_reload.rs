@@ -213,6 +213,70 @@ async fn a_broken_replacement_is_kept_out_logged_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_secret_volume_swap_is_picked_up() {
+    // The layout kubelet gives a secret volume: `cert.pem -> ..data/cert.pem`,
+    // `..data -> ..<timestamp>`; an update writes a new timestamped folder
+    // and renames a new `..data` symlink over the old one.
+    let pki = Pki::new();
+    let (old, new) = (pki.leaf("old"), pki.leaf("new"));
+    let volume = tempfile::tempdir().expect("tempdir");
+    let dir = volume.path();
+    let version = |name: &str, leaf: &Leaf| {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        install(&folder, leaf);
+    };
+    version("..2026_01", &old);
+    std::os::unix::fs::symlink("..2026_01", dir.join("..data")).expect("symlink");
+    for file in ["cert.pem", "key.pem"] {
+        std::os::unix::fs::symlink(format!("..data/{file}"), dir.join(file)).expect("symlink");
+    }
+    let backend = FakeBackend::start("web").await;
+    let config = ConfigFile::new(&toml(dir, &backend));
+    let (proc, tls) = serve(&config).await;
+    let client = pki.client(&[b"http/1.1"]);
+    assert_eq!(served_cert(tls, &client).await.expect("handshake"), old.der);
+
+    version("..2026_02", &new);
+    std::os::unix::fs::symlink("..2026_02", dir.join("..data_tmp")).expect("symlink");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
+    wait_for_cert(tls, &client, &new).await;
+    assert_eq!(tls_reloads(proc.admin, "success").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_folder_does_not_hold_a_renewal_back() {
+    let pki = Pki::new();
+    let files = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (pki.leaf("old"), pki.leaf("new"));
+    install(files.path(), &old);
+    let backend = FakeBackend::start("web").await;
+    let config = ConfigFile::new(&toml(files.path(), &backend));
+    let (_proc, tls) = serve(&config).await;
+    let client = pki.client(&[b"http/1.1"]);
+    // Another file of the folder written every 50 ms (a log, say), for at
+    // most 30 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = files.path().join("busy.log");
+    let writer = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            for i in 0..600 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let _ = std::fs::write(&busy, format!("line {i}\n"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    install(files.path(), &new);
+    wait_for_cert(tls, &client, &new).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_admin_reload_and_a_new_config_reload_the_certificates() {
     let pki = Pki::new();
     // The config names symlinks in `links/` pointing into `store/`: a

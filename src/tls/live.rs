@@ -16,11 +16,13 @@
 //! It watches the *folders* holding the files, because editors, ACME clients
 //! and cert-manager replace a file by renaming another over it (Kubernetes
 //! secret volumes swap a `..data` symlink), which a watch on the file itself
-//! would miss. A burst of events is settled for [`SETTLE`] and then read as
-//! one change; since a reload compares bytes, an event that changed nothing
-//! (or only another file of the folder) costs one read of small files.
+//! would miss. Only events naming one of the files (or a `..` name) count;
+//! a burst of them is settled for [`SETTLE`] (at most [`SETTLE_MAX`]) and
+//! then read as one change. A reload compares bytes, so an event that
+//! changed nothing costs one read of small files.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -38,6 +40,10 @@ use crate::metrics::Metrics;
 /// Quiet time after the last file event before the files are read: one
 /// replacement is often several events (create, write, rename, chmod).
 pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// The longest a burst of events delays a reload, so that a folder whose
+/// other files never stop changing cannot hold a new certificate back.
+pub const SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// A listener's certificates as serving now, swappable while it serves.
 #[derive(Debug)]
@@ -164,6 +170,7 @@ pub struct ListenerCerts {
 #[derive(Debug)]
 struct FolderWatch {
     folders: BTreeSet<PathBuf>,
+    names: BTreeSet<OsString>,
     /// Kept alive for as long as the folders are watched.
     _watcher: notify::RecommendedWatcher,
 }
@@ -251,17 +258,25 @@ impl CertReloader {
         let Some(events) = self.events.get() else {
             return;
         };
-        let folders: BTreeSet<PathBuf> = self
+        let files: Vec<PathBuf> = self
             .listeners
             .iter()
             .flat_map(|listener| listener.certs.files())
+            .collect();
+        let folders: BTreeSet<PathBuf> = files
+            .iter()
             .filter_map(|file| file.parent().map(PathBuf::from))
             .collect();
+        let names: BTreeSet<OsString> = files
+            .iter()
+            .filter_map(|file| file.file_name().map(OsString::from))
+            .collect();
         let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
-        if folders.is_empty() || watch.as_ref().is_some_and(|w| w.folders == folders) {
+        let same = |w: &FolderWatch| w.folders == folders && w.names == names;
+        if folders.is_empty() || watch.as_ref().is_some_and(same) {
             return;
         }
-        *watch = events.watcher(folders);
+        *watch = events.watcher(folders, names);
     }
 }
 
@@ -270,12 +285,28 @@ impl CertReloader {
 struct EventSender(tokio::sync::mpsc::UnboundedSender<()>);
 
 impl EventSender {
-    /// A watcher on `folders`; `None` (logged) when none can be watched:
+    /// A watcher on `folders`, passing on the events that touch one of the
+    /// file `names` or a name starting with `..` (a Kubernetes secret
+    /// volume's `..data` swap); `None` (logged) when none can be watched:
     /// reloads then still happen on config reloads.
-    fn watcher(&self, folders: BTreeSet<PathBuf>) -> Option<FolderWatch> {
+    fn watcher(
+        &self,
+        folders: BTreeSet<PathBuf>,
+        names: BTreeSet<OsString>,
+    ) -> Option<FolderWatch> {
         let tx = self.0.clone();
+        let wanted = names.clone();
+        let concerns = move |path: &PathBuf| {
+            path.file_name().is_some_and(|name| {
+                wanted.contains(name) || name.as_encoded_bytes().starts_with(b"..")
+            })
+        };
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let Ok(event) = event else {
+                return;
+            };
+            let access = matches!(event.kind, notify::EventKind::Access(_));
+            if !access && event.paths.iter().any(&concerns) {
                 let _ = tx.send(());
             }
         })
@@ -289,18 +320,22 @@ impl EventSender {
         }
         Some(FolderWatch {
             folders,
+            names,
             _watcher: watcher,
         })
     }
 }
 
-/// Wait until no event came for [`SETTLE`]; false when the sender is gone.
+/// Wait until no event came for [`SETTLE`], or [`SETTLE_MAX`] passed;
+/// false when the sender is gone.
 async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> bool {
+    let deadline = tokio::time::Instant::now() + SETTLE_MAX;
     loop {
-        match tokio::time::timeout(SETTLE, rx.recv()).await {
+        let quiet = (tokio::time::Instant::now() + SETTLE).min(deadline);
+        match tokio::time::timeout_at(quiet, rx.recv()).await {
             Ok(Some(())) => continue,
             Ok(None) => return false,
-            Err(_quiet) => return true,
+            Err(_quiet_or_late) => return true,
         }
     }
 }
@@ -326,6 +361,28 @@ mod tests {
     fn names(certs: &LiveCerts) -> Vec<u8> {
         let chosen = certs.choose(None).expect("a certificate");
         chosen.cert[0].as_ref().to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_settled_but_never_for_longer_than_the_maximum() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(()).expect("send");
+        let started = tokio::time::Instant::now();
+        assert!(settle(&mut rx).await);
+        assert_eq!(started.elapsed(), SETTLE);
+        // Events every 100 ms forever: the wait ends at SETTLE_MAX.
+        let sender = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        assert!(settle(&mut rx).await);
+        assert_eq!(started.elapsed(), SETTLE_MAX);
+        sender.abort();
     }
 
     #[test]
