@@ -329,6 +329,56 @@ async fn sighup_admin_reload_and_a_new_config_reload_the_certificates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_naming_a_missing_certificate_applies_the_rest_and_keeps_the_old_one() {
+    let pki = Pki::new();
+    let files = tempfile::tempdir().expect("tempdir");
+    let old = pki.leaf("old");
+    install(files.path(), &old);
+    let backend = FakeBackend::start("web").await;
+    let config = ConfigFile::new(&toml(files.path(), &backend));
+    let (proc, tls) = serve(&config).await;
+    let client = pki.client(&[b"http/1.1"]);
+
+    // The new config names a folder with no files, and routes `/new` to a
+    // service that only it declares. (The file watch reloads it; each config
+    // reload counts one failure while the files are missing.)
+    let missing = files.path().join("not-there");
+    let other = FakeBackend::start("other").await;
+    let text = toml(&missing, &backend)
+        + &service_toml("other", &[&other], "")
+        + &route_toml(None, "/new", "other", false);
+    config.replace(&text);
+    let admin = proc.admin;
+    eventually(
+        Duration::from_secs(10),
+        "a failed certificate reload",
+        || async move { tls_reloads(admin, "failure").await >= 1.0 },
+    )
+    .await;
+    let resp = Http::new().get(proc.proxy(), "/new/x").await;
+    assert_eq!(resp.text(), "other", "the rest of the config applied");
+    assert_eq!(served_cert(tls, &client).await.expect("handshake"), old.der);
+    let log = proc.stderr();
+    let missing_cert = pair_paths(&missing).0.display().to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("TLS certificate reload failed") && l.contains(&missing_cert)),
+        "{log}"
+    );
+    // Once the files appear there, the watch of the new folder picks them up.
+    std::fs::create_dir_all(&missing).expect("mkdir");
+    let new = pki.leaf("new");
+    install(&missing, &new);
+    wait_for_cert(tls, &client, &new).await;
+    // The folder removed and made again (its watch went with it).
+    std::fs::remove_dir_all(&missing).expect("rm -r");
+    std::fs::create_dir_all(&missing).expect("mkdir");
+    let newer = pki.leaf("newer");
+    install(&missing, &newer);
+    wait_for_cert(tls, &client, &newer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_loads_every_certificate_and_key() {
     let pki = Pki::new();
     let files = tempfile::tempdir().expect("tempdir");

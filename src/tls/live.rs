@@ -19,12 +19,15 @@
 //! would miss. Only events naming one of the files (or a `..` name) count;
 //! a burst of them is settled for [`SETTLE`] (at most [`SETTLE_MAX`]) and
 //! then read as one change. A reload compares bytes, so an event that
-//! changed nothing costs one read of small files.
+//! changed nothing costs one read of small files. A folder that does not
+//! exist (yet), or that was removed, is watched again every
+//! [`RETRY_WATCH`], its files read each time, until its watch holds.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -44,6 +47,10 @@ pub const SETTLE: Duration = Duration::from_millis(200);
 /// The longest a burst of events delays a reload, so that a folder whose
 /// other files never stop changing cannot hold a new certificate back.
 pub const SETTLE_MAX: Duration = Duration::from_secs(1);
+
+/// While a folder cannot be watched (it does not exist yet, or was removed),
+/// the watch is retried, and the files read, this often.
+pub const RETRY_WATCH: Duration = Duration::from_secs(2);
 
 /// A listener's certificates as serving now, swappable while it serves.
 #[derive(Debug)]
@@ -171,6 +178,9 @@ pub struct ListenerCerts {
 struct FolderWatch {
     folders: BTreeSet<PathBuf>,
     names: BTreeSet<OsString>,
+    /// Some folder could not be watched, or a watched one was removed or
+    /// renamed (its watch is gone with it): the watch must be set up again.
+    broken: Arc<AtomicBool>,
     /// Kept alive for as long as the folders are watched.
     _watcher: notify::RecommendedWatcher,
 }
@@ -240,9 +250,22 @@ impl CertReloader {
         self.rewatch();
         let reloader = Arc::downgrade(self);
         tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                if !settle(&mut rx).await {
-                    return;
+            loop {
+                let broken = reloader.upgrade().is_some_and(|r| r.watch_is_broken());
+                let event = match broken {
+                    true => tokio::time::timeout(RETRY_WATCH, rx.recv()).await,
+                    false => Ok(rx.recv().await),
+                };
+                match event {
+                    Ok(None) => return,
+                    Ok(Some(())) if !settle(&mut rx).await => return,
+                    Ok(Some(())) => {}
+                    // A folder may exist now: watch it, and read the files.
+                    Err(_retry) => {
+                        if let Some(reloader) = reloader.upgrade() {
+                            reloader.rewatch();
+                        }
+                    }
                 }
                 let Some(reloader) = reloader.upgrade() else {
                     return;
@@ -251,6 +274,11 @@ impl CertReloader {
                 let _ = tokio::task::spawn_blocking(move || reloader.reload_changed()).await;
             }
         });
+    }
+
+    fn watch_is_broken(&self) -> bool {
+        let watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        needs_rewatch(watch.as_ref())
     }
 
     /// Watch exactly the folders the listeners' files are in now.
@@ -273,11 +301,26 @@ impl CertReloader {
             .collect();
         let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
         let same = |w: &FolderWatch| w.folders == folders && w.names == names;
-        if folders.is_empty() || watch.as_ref().is_some_and(same) {
+        let retry = watch.as_ref().is_some_and(same);
+        if folders.is_empty()
+            || watch
+                .as_ref()
+                .is_some_and(|w| same(w) && !w.broken.load(Ordering::Relaxed))
+        {
             return;
         }
-        *watch = events.watcher(folders, names);
+        // A retry is quiet: its problem was logged the first time.
+        *watch = events.watcher(folders, names, !retry);
+        if needs_rewatch(watch.as_ref()) {
+            // Wake the watch task, which may be waiting for events only.
+            let _ = events.0.send(());
+        }
     }
+}
+
+/// Whether a watch needs setting up again (absent or broken).
+fn needs_rewatch(watch: Option<&FolderWatch>) -> bool {
+    !watch.is_some_and(|w| !w.broken.load(Ordering::Relaxed))
 }
 
 /// Where folder events go (cloned into each watcher's callback).
@@ -287,15 +330,19 @@ struct EventSender(tokio::sync::mpsc::UnboundedSender<()>);
 impl EventSender {
     /// A watcher on `folders`, passing on the events that touch one of the
     /// file `names` or a name starting with `..` (a Kubernetes secret
-    /// volume's `..data` swap); `None` (logged) when none can be watched:
-    /// reloads then still happen on config reloads.
+    /// volume's `..data` swap). A folder that cannot be watched (logged when
+    /// `log`) marks the watch broken, and so does the removal of a watched
+    /// folder: [`CertReloader::watch`] then retries it every [`RETRY_WATCH`].
+    /// `None` when no watcher can be made at all (retried the same way).
     fn watcher(
         &self,
         folders: BTreeSet<PathBuf>,
         names: BTreeSet<OsString>,
+        log: bool,
     ) -> Option<FolderWatch> {
         let tx = self.0.clone();
-        let wanted = names.clone();
+        let broken = Arc::new(AtomicBool::new(false));
+        let (wanted, watched, lost) = (names.clone(), folders.clone(), Arc::clone(&broken));
         let concerns = move |path: &PathBuf| {
             path.file_name().is_some_and(|name| {
                 wanted.contains(name) || name.as_encoded_bytes().starts_with(b"..")
@@ -305,22 +352,35 @@ impl EventSender {
             let Ok(event) = event else {
                 return;
             };
+            if event.paths.iter().any(|p| watched.contains(p)) {
+                lost.store(true, Ordering::Relaxed);
+                let _ = tx.send(());
+                return;
+            }
             let access = matches!(event.kind, notify::EventKind::Access(_));
             if !access && event.paths.iter().any(&concerns) {
                 let _ = tx.send(());
             }
         })
-        .map_err(|e| tracing::warn!(error = %e, "cannot watch the certificate folders; certificates reload on config reloads only"))
+        .map_err(|e| {
+            if log {
+                tracing::warn!(error = %e, "cannot watch the certificate folders; trying again every 2 s");
+            }
+        })
         .ok()?;
         for folder in &folders {
             if let Err(e) = watcher.watch(folder, RecursiveMode::NonRecursive) {
-                let folder = folder.display();
-                tracing::warn!(%folder, error = %e, "cannot watch a certificate folder; its files reload on config reloads only");
+                broken.store(true, Ordering::Relaxed);
+                if log {
+                    let folder = folder.display();
+                    tracing::warn!(%folder, error = %e, "cannot watch a certificate folder; trying again every 2 s");
+                }
             }
         }
         Some(FolderWatch {
             folders,
             names,
+            broken,
             _watcher: watcher,
         })
     }
