@@ -17,6 +17,7 @@
 //! `switchyard check` can report it.
 
 pub mod live;
+mod watch;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

@@ -13,44 +13,26 @@
 //! The [`CertReloader`] owns every listener's `LiveCerts` and runs reloads
 //! for two triggers: a config reload ([`CertReloader::apply_config`], which
 //! may also name new files), and a change on disk ([`CertReloader::watch`]).
-//! It watches the *folders* holding the files, because editors, ACME clients
-//! and cert-manager replace a file by renaming another over it (Kubernetes
-//! secret volumes swap a `..data` symlink), which a watch on the file itself
-//! would miss. Only events naming one of the files (or a `..` name) count;
-//! a burst of them is settled for [`SETTLE`] (at most [`SETTLE_MAX`]) and
-//! then read as one change. A reload compares bytes, so an event that
-//! changed nothing costs one read of small files. A folder that does not
-//! exist (yet), or that was removed, is watched again every
-//! [`RETRY_WATCH`], its files read each time, until its watch holds.
+//! It watches the *folders* holding the files (`tls/watch.rs`). A reload
+//! compares bytes, so an event that changed nothing costs one read of small
+//! files. A folder that does not exist (yet), or that was removed, is
+//! watched again every 2 s, its files read each time, until its
+//! watch holds.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::watch::{needs_rewatch, settle, EventSender, FolderWatch, RETRY_WATCH};
 use super::{read_pairs, SniResolver, TlsError};
 use crate::config::{CertPair, Config};
 use crate::metrics::Metrics;
-
-/// Quiet time after the last file event before the files are read: one
-/// replacement is often several events (create, write, rename, chmod).
-pub const SETTLE: Duration = Duration::from_millis(200);
-
-/// The longest a burst of events delays a reload, so that a folder whose
-/// other files never stop changing cannot hold a new certificate back.
-pub const SETTLE_MAX: Duration = Duration::from_secs(1);
-
-/// While a folder cannot be watched (it does not exist yet, or was removed),
-/// the watch is retried, and the files read, this often.
-pub const RETRY_WATCH: Duration = Duration::from_secs(2);
 
 /// A listener's certificates as serving now, swappable while it serves.
 #[derive(Debug)]
@@ -174,17 +156,6 @@ pub struct ListenerCerts {
     pub certs: Arc<LiveCerts>,
 }
 
-#[derive(Debug)]
-struct FolderWatch {
-    folders: BTreeSet<PathBuf>,
-    names: BTreeSet<OsString>,
-    /// Some folder could not be watched, or a watched one was removed or
-    /// renamed (its watch is gone with it): the watch must be set up again.
-    broken: Arc<AtomicBool>,
-    /// Kept alive for as long as the folders are watched.
-    _watcher: notify::RecommendedWatcher,
-}
-
 // === impl CertReloader ===
 
 impl CertReloader {
@@ -302,11 +273,7 @@ impl CertReloader {
         let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
         let same = |w: &FolderWatch| w.folders == folders && w.names == names;
         let retry = watch.as_ref().is_some_and(same);
-        if folders.is_empty()
-            || watch
-                .as_ref()
-                .is_some_and(|w| same(w) && !w.broken.load(Ordering::Relaxed))
-        {
+        if folders.is_empty() || (retry && !needs_rewatch(watch.as_ref())) {
             return;
         }
         // A retry is quiet: its problem was logged the first time.
@@ -314,88 +281,6 @@ impl CertReloader {
         if needs_rewatch(watch.as_ref()) {
             // Wake the watch task, which may be waiting for events only.
             let _ = events.0.send(());
-        }
-    }
-}
-
-/// Whether a watch needs setting up again (absent or broken).
-fn needs_rewatch(watch: Option<&FolderWatch>) -> bool {
-    !watch.is_some_and(|w| !w.broken.load(Ordering::Relaxed))
-}
-
-/// Where folder events go (cloned into each watcher's callback).
-#[derive(Debug, Clone)]
-struct EventSender(tokio::sync::mpsc::UnboundedSender<()>);
-
-impl EventSender {
-    /// A watcher on `folders`, passing on the events that touch one of the
-    /// file `names` or a name starting with `..` (a Kubernetes secret
-    /// volume's `..data` swap). A folder that cannot be watched (logged when
-    /// `log`) marks the watch broken, and so does the removal of a watched
-    /// folder: [`CertReloader::watch`] then retries it every [`RETRY_WATCH`].
-    /// `None` when no watcher can be made at all (retried the same way).
-    fn watcher(
-        &self,
-        folders: BTreeSet<PathBuf>,
-        names: BTreeSet<OsString>,
-        log: bool,
-    ) -> Option<FolderWatch> {
-        let tx = self.0.clone();
-        let broken = Arc::new(AtomicBool::new(false));
-        let (wanted, watched, lost) = (names.clone(), folders.clone(), Arc::clone(&broken));
-        let concerns = move |path: &PathBuf| {
-            path.file_name().is_some_and(|name| {
-                wanted.contains(name) || name.as_encoded_bytes().starts_with(b"..")
-            })
-        };
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else {
-                return;
-            };
-            if event.paths.iter().any(|p| watched.contains(p)) {
-                lost.store(true, Ordering::Relaxed);
-                let _ = tx.send(());
-                return;
-            }
-            let access = matches!(event.kind, notify::EventKind::Access(_));
-            if !access && event.paths.iter().any(&concerns) {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(|e| {
-            if log {
-                tracing::warn!(error = %e, "cannot watch the certificate folders; trying again every 2 s");
-            }
-        })
-        .ok()?;
-        for folder in &folders {
-            if let Err(e) = watcher.watch(folder, RecursiveMode::NonRecursive) {
-                broken.store(true, Ordering::Relaxed);
-                if log {
-                    let folder = folder.display();
-                    tracing::warn!(%folder, error = %e, "cannot watch a certificate folder; trying again every 2 s");
-                }
-            }
-        }
-        Some(FolderWatch {
-            folders,
-            names,
-            broken,
-            _watcher: watcher,
-        })
-    }
-}
-
-/// Wait until no event came for [`SETTLE`], or [`SETTLE_MAX`] passed;
-/// false when the sender is gone.
-async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> bool {
-    let deadline = tokio::time::Instant::now() + SETTLE_MAX;
-    loop {
-        let quiet = (tokio::time::Instant::now() + SETTLE).min(deadline);
-        match tokio::time::timeout_at(quiet, rx.recv()).await {
-            Ok(Some(())) => continue,
-            Ok(None) => return false,
-            Err(_quiet_or_late) => return true,
         }
     }
 }
@@ -421,28 +306,6 @@ mod tests {
     fn names(certs: &LiveCerts) -> Vec<u8> {
         let chosen = certs.choose(None).expect("a certificate");
         chosen.cert[0].as_ref().to_vec()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_burst_is_settled_but_never_for_longer_than_the_maximum() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        tx.send(()).expect("send");
-        let started = tokio::time::Instant::now();
-        assert!(settle(&mut rx).await);
-        assert_eq!(started.elapsed(), SETTLE);
-        // Events every 100 ms forever: the wait ends at SETTLE_MAX.
-        let sender = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if tx.send(()).is_err() {
-                    return;
-                }
-            }
-        });
-        let started = tokio::time::Instant::now();
-        assert!(settle(&mut rx).await);
-        assert_eq!(started.elapsed(), SETTLE_MAX);
-        sender.abort();
     }
 
     #[test]
