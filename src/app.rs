@@ -31,6 +31,7 @@ use crate::registry::{self, Registry, StoreError};
 use crate::reload::Reloader;
 use crate::source::BackendSource;
 use crate::table::Publisher;
+use crate::tls::live::{CertReloader, ListenerCerts};
 use crate::tls::{self, TlsError};
 
 /// Admin connections allowed at once (the admin API is for operators and scrapers).
@@ -67,6 +68,9 @@ pub struct App {
     publisher: Arc<Publisher>,
     registry: Arc<Registry>,
     reloader: Reloader,
+    /// The TLS listeners' certificates: reloaded with the config and when
+    /// their files change.
+    certs: Arc<CertReloader>,
     proxy_sockets: Vec<TcpListener>,
     /// `[[proxy.tls]]` sockets with their certificates, loaded at bind.
     tls_sockets: Vec<(TcpListener, Arc<ServerConfig>)>,
@@ -93,11 +97,23 @@ impl App {
             .iter()
             .map(|&addr| bind(addr))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut live_certs = Vec::with_capacity(config.proxy.tls.len());
         let tls_sockets = config
             .proxy
             .tls
             .iter()
-            .map(|t| Ok((bind(t.listen)?, tls::server_config(t)?)))
+            .map(|t| {
+                let (server_config, certs) = tls::server_config(t)?;
+                let socket = bind(t.listen)?;
+                let bound = socket.local_addr().unwrap_or(t.listen);
+                let listen = t.listen;
+                live_certs.push(ListenerCerts {
+                    listen,
+                    bound,
+                    certs,
+                });
+                Ok((socket, server_config))
+            })
             .collect::<Result<Vec<_>, StartError>>()?;
         let admin_socket = bind(config.admin.listen)?;
         let control = ControlPlane::start(config.admin.priority).map_err(StartError::Control)?;
@@ -114,13 +130,16 @@ impl App {
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
         publisher.add_source(Arc::clone(&registry) as Arc<dyn BackendSource>);
         registry.set_routing_hook(RoutingToTable(Arc::downgrade(&publisher)));
-        let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone());
+        let certs = Arc::new(CertReloader::new(live_certs, metrics.clone()));
+        let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone())
+            .with_certificates(Arc::clone(&certs));
         Ok(App {
             config,
             metrics,
             publisher,
             registry,
             reloader,
+            certs,
             proxy_sockets,
             tls_sockets,
             http_builder,
@@ -187,6 +206,7 @@ impl App {
         let admin_permits = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         self.spawn_admin_listener(&admin_permits, admin_stopped);
         let _watcher = self.control.enter(|| self.reloader.watch_file());
+        self.control.enter(|| self.certs.watch());
         let coalescer = self
             .control
             .spawn(Arc::clone(&self.publisher).run_coalescer());

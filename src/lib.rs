@@ -18,13 +18,15 @@
 //! - [`source`]: the `BackendSource` seam (config, registry): who says which backends exist.
 //! - [`backend`]: one upstream instance and its live atomics (in-flight, health).
 //! - [`balance`]: selection policies (round robin, least connections).
-//! - [`health`]: active health checks — a supervisor, one checker task per backend, probes.
+//! - [`health`]: active health checks — a supervisor, one checker task per backend, probes
+//!   (HTTP, TCP, gRPC).
 //! - [`routing`]: host and path-prefix precedence.
 //! - [`request_path`]: dot segments removed, ambiguous encodings found, before routing.
 //! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
 //! - [`listener`]: accept loops, connection limits, header-read and idle timeouts, graceful close.
 //! - [`log_throttle`]: one log line per interval for faults that repeat (EMFILE...).
-//! - [`tls`]: rustls settings — listener certificates chosen by SNI, TLS to backends.
+//! - [`tls`]: rustls settings — listener certificates chosen by SNI and reloaded live
+//!   ([`tls::live`]), TLS to backends.
 //! - [`admin`]: /healthz, /readyz, /metrics and the /v1 API.
 //! - [`metrics`]: the owned Prometheus registry and pre-resolved handles.
 //! - [`registry`]: registered instances, leases, the stores (memory, file, etcd for

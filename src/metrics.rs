@@ -39,6 +39,7 @@ pub struct Metrics {
     connections_cut: IntCounterVec,
     config_reloads: IntCounterVec,
     registry_store_up: IntGauge,
+    tls_reloads: IntCounterVec,
 }
 
 /// One listener's connection handles, resolved when it starts.
@@ -179,6 +180,11 @@ impl Metrics {
                 "1 while the registry's store answers (always 1 for the memory and file stores).",
             )
             .expect("static metric definition"),
+            tls_reloads: counter_vec(
+                "switchyard_tls_reloads_total",
+                "Reloads of a TLS listener's certificates (config reload or file change), by result.",
+                &["result"],
+            ),
             registry,
         };
         let build_info = gauge_vec(
@@ -192,6 +198,9 @@ impl Metrics {
         // Both results exist from the start, so `rate()` and alerts see a 0.
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
+        }
+        for result in ["success", "failure"] {
+            m.tls_reloads.with_label_values(&[result]);
         }
         for collector in m.collectors().chain(std::iter::once(
             Box::new(build_info) as Box<dyn prometheus::core::Collector>
@@ -219,6 +228,7 @@ impl Metrics {
             Box::new(self.connections_cut.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.registry_store_up.clone()),
+            Box::new(self.tls_reloads.clone()),
         ];
         list.into_iter()
     }
@@ -298,6 +308,12 @@ impl Metrics {
     pub fn count_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// `switchyard_tls_reloads_total{result="success"|"failure"}`.
+    pub fn count_tls_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.tls_reloads.with_label_values(&[result]).inc();
     }
 
     /// Render the text exposition, first copying live backend state into gauges.

@@ -5,6 +5,8 @@
 //! and counted. Reloads are serialised so two triggers never interleave.
 //! Listener addresses and worker counts are fixed at start-up: a reload that
 //! changes them applies everything else and warns that those need a restart.
+//! The TLS listeners' certificates are re-read on every applied reload
+//! ([`crate::tls::live`]), from the files the new config names.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::sync::Mutex;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::table::Publisher;
+use crate::tls::live::CertReloader;
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,8 @@ pub struct Reloader {
     /// Fingerprint of the file text the running config came from, so the
     /// watcher reloads only real changes (and catches one made before it started).
     applied: Arc<std::sync::Mutex<Option<u64>>>,
+    /// The TLS listeners' certificates, re-read on every applied reload.
+    certs: Option<Arc<CertReloader>>,
 }
 
 /// Quiet time after the last file event before the file is read: one save
@@ -67,7 +72,14 @@ impl Reloader {
             path,
             serial: Arc::new(Mutex::new(())),
             applied: Arc::new(std::sync::Mutex::new(applied)),
+            certs: None,
         }
+    }
+
+    /// Also reload these certificates whenever a config is applied.
+    pub fn with_certificates(mut self, certs: Arc<CertReloader>) -> Reloader {
+        self.certs = Some(certs);
+        self
     }
 
     /// Re-read the config file and apply it if valid.
@@ -117,6 +129,9 @@ impl Reloader {
         match loaded {
             Ok(config) => {
                 self.warn_about_fixed_settings(&config);
+                if let Some(certs) = &self.certs {
+                    certs.apply_config(&config);
+                }
                 self.publisher.apply_config(Arc::new(config));
                 self.metrics.count_reload(true);
                 *self
@@ -148,7 +163,8 @@ impl Reloader {
         let old = self.publisher.config();
         let fixed = [
             ("proxy.listen", old.proxy.listen != new.proxy.listen),
-            ("proxy.tls", old.proxy.tls != new.proxy.tls),
+            // Certificates reload; the TLS listeners themselves do not.
+            ("proxy.tls", !same_tls_listeners(&old, new)),
             ("admin.listen", old.admin.listen != new.admin.listen),
             ("admin.priority", old.admin.priority != new.admin.priority),
             ("proxy.workers", old.proxy.workers != new.proxy.workers),
@@ -201,6 +217,16 @@ impl Reloader {
         });
         Some(watcher)
     }
+}
+
+/// Whether both configs have the same TLS listeners (addresses and ALPN),
+/// whatever certificates they name.
+fn same_tls_listeners(old: &Config, new: &Config) -> bool {
+    let shape = |c: &Config| -> Vec<_> {
+        let listeners = c.proxy.tls.iter();
+        listeners.map(|t| (t.listen, t.alpn.clone())).collect()
+    };
+    shape(old) == shape(new)
 }
 
 /// Wait until no event came for [`SETTLE`]; false when the watcher is gone.

@@ -2,17 +2,25 @@
 //! side of `protocol = "https"` services, both on rustls with the `ring`
 //! provider (no C toolchain needed, unlike aws-lc).
 //!
-//! A listener's certificates are read once, at start-up ([`server_config`]):
-//! every PEM chain and key is parsed, the key is checked against its
-//! certificate, and each certificate's DNS names (exact and wildcard
-//! subjectAltNames, read with rustls-webpki, which rustls already uses) go
-//! into two hash maps. The [`SniResolver`] then picks a certificate per
-//! handshake without locks or parsing: exact name, else the wildcard one
-//! label up, else the first certificate — also when the client sends no SNI.
-//! Any unreadable or invalid file is a [`TlsError`] whose one-line message
-//! names the file, so `switchyard serve` can stop with it.
+//! A listener's certificates are read at start-up ([`server_config`]) and
+//! again on every reload ([`live`]): each file is read once, every PEM chain
+//! and key is parsed, the key is checked against its certificate, and each
+//! certificate's DNS names (exact and wildcard subjectAltNames, read with
+//! rustls-webpki, which rustls already uses) go into two hash maps. The
+//! [`SniResolver`] then picks a certificate per handshake without locks or
+//! parsing: exact name, else the wildcard one label up, else the first
+//! certificate — also when the client sends no SNI. A listener serves
+//! through a [`live::LiveCerts`], which holds its current resolver behind an
+//! `ArcSwap` so that a reload changes what new handshakes get and nothing
+//! else. Any unreadable or invalid file is a [`TlsError`] whose one-line
+//! message names the file, so `switchyard serve` can stop with it and
+//! `switchyard check` can report it.
+
+pub mod live;
+mod watch;
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +32,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::{CertPair, TlsListenerConfig};
+pub use live::LiveCerts;
 
 /// ALPN offered to TLS backends: HTTP/2 when the backend wants it, else HTTP/1.1.
 const UPSTREAM_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -62,6 +71,15 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+impl TlsError {
+    /// Whether the problem is the private key's (unreadable, or not
+    /// matching its certificate) rather than the certificate file's: config
+    /// validation points at the `key` value then, else at `cert`.
+    pub fn is_about_key(&self) -> bool {
+        matches!(self, TlsError::ReadKey { .. } | TlsError::BadKey { .. })
+    }
+}
+
 /// The one crypto provider Switchyard uses (passed explicitly rather than
 /// installed process-wide, so nothing depends on start-up order).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -71,20 +89,81 @@ pub fn provider() -> Arc<CryptoProvider> {
 // === server side ===
 
 /// Load every certificate of a `[[proxy.tls]]` listener and build its rustls
-/// config: TLS 1.2 and 1.3, no client certificates, SNI selection, ALPN as
-/// configured.
-pub fn server_config(listener: &TlsListenerConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let resolver = SniResolver::load(&listener.certs)?;
+/// config: TLS 1.2 and 1.3, no client certificates, SNI selection through
+/// the returned [`LiveCerts`] (which reloads swap), ALPN as configured.
+pub fn server_config(
+    listener: &TlsListenerConfig,
+) -> Result<(Arc<ServerConfig>, Arc<LiveCerts>), TlsError> {
+    let certs = Arc::new(LiveCerts::load(&listener.certs)?);
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = listener
         .alpn
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), certs))
+}
+
+/// Read, parse and match one certificate/key pair, keeping nothing: what
+/// `switchyard check` (config validation) does for every pair.
+pub fn check_pair(pair: &CertPair) -> Result<(), TlsError> {
+    let (_, files) = read_pairs(std::slice::from_ref(pair));
+    SniResolver::from_pem(&files?).map(|_| ())
+}
+
+/// A pair's two files as read, so that what is parsed is what was
+/// fingerprinted (a file replaced in between cannot mix the two).
+#[derive(Debug)]
+pub struct PairPem {
+    pub pair: CertPair,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// Read every file of `pairs` once. Also returns a fingerprint of what was
+/// found — the bytes, or the error of a file that could not be read — so a
+/// reload can tell "nothing changed" (same fingerprint) from a new attempt.
+pub fn read_pairs(pairs: &[CertPair]) -> (u64, Result<Vec<PairPem>, TlsError>) {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut read = |path: &Path| {
+        let bytes = std::fs::read(path);
+        path.hash(&mut hasher);
+        match &bytes {
+            Ok(b) => b.hash(&mut hasher),
+            Err(e) => e.kind().hash(&mut hasher),
+        }
+        bytes.map_err(rustls::pki_types::pem::Error::Io)
+    };
+    let mut files = Vec::with_capacity(pairs.len());
+    let mut first_error = None;
+    for pair in pairs {
+        let cert = read(&pair.cert).map_err(|source| TlsError::ReadCert {
+            path: pair.cert.clone(),
+            source,
+        });
+        let key = read(&pair.key).map_err(|source| TlsError::ReadKey {
+            path: pair.key.clone(),
+            source,
+        });
+        match (cert, key) {
+            (Ok(cert), Ok(key)) => files.push(PairPem {
+                pair: pair.clone(),
+                cert,
+                key,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let stamp = hasher.finish();
+    match first_error {
+        Some(e) => (stamp, Err(e)),
+        None => (stamp, Ok(files)),
+    }
 }
 
 /// Picks a listener's certificate by the client's SNI.
@@ -102,16 +181,22 @@ impl SniResolver {
     /// Read and check every pair; the resulting resolver is never empty when
     /// `pairs` is not (validation requires at least one).
     pub fn load(pairs: &[CertPair]) -> Result<SniResolver, TlsError> {
+        SniResolver::from_pem(&read_pairs(pairs).1?)
+    }
+
+    /// Parse and check pairs already read.
+    pub fn from_pem(files: &[PairPem]) -> Result<SniResolver, TlsError> {
         let provider = provider();
         let mut resolver = SniResolver {
-            certs: Vec::with_capacity(pairs.len()),
+            certs: Vec::with_capacity(files.len()),
             exact: HashMap::new(),
             wildcard: HashMap::new(),
         };
-        for (index, pair) in pairs.iter().enumerate() {
-            let chain = read_chain(&pair.cert)?;
+        for (index, file) in files.iter().enumerate() {
+            let pair = &file.pair;
+            let chain = read_chain(&pair.cert, &file.cert)?;
             let names = dns_names(&pair.cert, &chain[0])?;
-            let key = read_key(&pair.key)?;
+            let key = read_key(&pair.key, &file.key)?;
             let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|source| {
                 TlsError::BadKey {
                     cert: pair.cert.clone(),
@@ -165,15 +250,13 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// A PEM file's certificates, end-entity first.
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read_err = |source| TlsError::ReadCert {
-        path: path.to_owned(),
-        source,
-    };
-    let chain = CertificateDer::pem_file_iter(path)
-        .map_err(read_err)?
+fn read_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(read_err)?;
+        .map_err(|source| TlsError::ReadCert {
+            path: path.to_owned(),
+            source,
+        })?;
     if chain.is_empty() {
         return Err(TlsError::NoCert {
             path: path.to_owned(),
@@ -183,8 +266,8 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// The first private key in a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::ReadKey {
+fn read_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|source| TlsError::ReadKey {
         path: path.to_owned(),
         source,
     })

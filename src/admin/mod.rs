@@ -135,9 +135,9 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Admi
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+    if tokens_match(presented, token) {
         Ok(())
     } else {
         Err(Box::new(error(
@@ -147,13 +147,22 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Admi
     }
 }
 
-/// Compare without an early exit, so timing reveals nothing of the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, &byte) in b.iter().enumerate() {
-        diff |= usize::from(byte ^ a.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// matched without regard to case (RFC 9110 §11.1: `bearer`, `BEARER` are
+/// the same scheme) and may be followed by more than one space.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+/// Constant-time comparison (the `subtle` crate, whose optimisation barrier
+/// keeps the compiler from turning it back into an early exit), so timing
+/// reveals nothing of the token's bytes; only its length can show.
+fn tokens_match(presented: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
 }
 
 pub fn json(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
@@ -188,13 +197,23 @@ fn text(status: StatusCode, body: &'static str) -> AdminResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, tokens_match};
 
     #[test]
     fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secret-longer", b"secret"));
-        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(tokens_match("secret", "secret"));
+        assert!(!tokens_match("secreT", "secret"));
+        assert!(!tokens_match("secret-longer", "secret"));
+        assert!(!tokens_match("", "secret"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_ignores_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("abc"), None);
     }
 }

@@ -244,10 +244,20 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheckKind {
+    /// `GET path`, a status in `expect_status` passes (HTTP/2 prior
+    /// knowledge for `h2c` services, TLS for `https` ones).
     Http,
+    /// A TCP connect passes.
     Tcp,
+    /// `grpc.health.v1.Health/Check` over the service's protocol (`h2c` or
+    /// `https`; validation refuses others); only `SERVING` passes.
+    Grpc {
+        /// `grpc_service`: the service name asked about; default `""`, the
+        /// server as a whole (the gRPC health protocol's convention).
+        service: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,6 +352,13 @@ impl Config {
     /// Read, parse and validate a file. Every problem found is returned at once.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         validate::load_file(path)
+    }
+
+    /// What `switchyard check` runs: [`Config::load`], and also every TLS
+    /// listener's certificate and key read, parsed and matched (errors at
+    /// the `cert` or `key` value, naming the file).
+    pub fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
+        validate::check_file(path)
     }
 
     /// Parse and validate the text of the config file at `path` (already

@@ -215,8 +215,9 @@ pub(super) struct RawHealthCheck {
     pub healthy_threshold: Option<Int>,
     pub unhealthy_threshold: Option<Int>,
     pub expect_status: Option<Text>,
-    pub kind: Option<RawHealthKind>,
+    pub kind: Option<Spanned<RawHealthKind>>,
     pub host: Option<Text>,
+    pub grpc_service: Option<Text>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -224,6 +225,7 @@ pub(super) struct RawHealthCheck {
 pub(super) enum RawHealthKind {
     Http,
     Tcp,
+    Grpc,
 }
 
 /// `[services.NAME.retry]`.
@@ -326,7 +328,10 @@ format = "json"
         assert_eq!(svc.balance, Some(RawBalance::LeastConn));
         assert_eq!(svc.protocol, Some(RawProtocol::H2c));
         let hc = svc.health_check.as_ref().expect("health check");
-        assert_eq!(hc.kind, Some(RawHealthKind::Tcp));
+        assert_eq!(
+            hc.kind.as_ref().map(|k| *k.get_ref()),
+            Some(RawHealthKind::Tcp)
+        );
         assert_eq!(raw.log.format, Some(RawLogFormat::Json));
         assert!(parse("[services.a]\nbalance = \"random\"\n").is_err());
         assert!(parse("[services.a]\nprotocol = \"http3\"\n").is_err());

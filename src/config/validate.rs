@@ -21,6 +21,7 @@
 
 mod addresses;
 mod build;
+mod certificates;
 mod ctx;
 mod defaults;
 mod errors;
@@ -56,6 +57,31 @@ pub(super) fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
         }])
     })?;
     parse_file_text(&text, path)
+}
+
+/// [`load_file`] plus the certificate pass of `switchyard check`
+/// ([`certificates`]): every error of both, in file order.
+pub(super) fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: "<file>".into(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    let loaded = parse_file_text(&text, path);
+    let cert_errors = certificates::check(&text, path);
+    match loaded {
+        Ok(config) if cert_errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(cert_errors)),
+        Err(ConfigErrors(mut errors)) => {
+            errors.extend(cert_errors);
+            errors.sort_by_key(|e| (e.line, e.column));
+            Err(ConfigErrors(errors))
+        }
+    }
 }
 
 /// [`parse_str`] for text read from `path`; `Config.path` is set to the absolute path.

@@ -1,12 +1,13 @@
-//! The HTTP probe (`kind = "http"`, the default): `GET path` over HTTP/1.1;
-//! a status inside `expect_status` passes. For a `protocol = "https"` service
-//! the check speaks TLS as the service's requests do: the same trust roots
-//! (`tls_ca` plus the webpki roots), the same verified name and SNI (the
-//! backend's host, or `tls_server_name`), with ALPN offering only
-//! `http/1.1`.
+//! The HTTP probe (`kind = "http"`, the default): `GET path` over HTTP/1.1,
+//! or over HTTP/2 with prior knowledge for a `protocol = "h2c"` service
+//! (whose backends may speak nothing else); a status inside `expect_status`
+//! passes. For a `protocol = "https"` service the check speaks TLS as the
+//! service's requests do: the same trust roots (`tls_ca` plus the webpki
+//! roots), the same verified name and SNI (the backend's host, or
+//! `tls_server_name`), with ALPN offering only `http/1.1`. The connections
+//! themselves are [`super::transport`]'s.
 //!
-//! Checks never use the proxy's pool, so they never compete with requests for
-//! connections. The connection of a passing check is kept for the next one
+//! The connection of a passing check is kept for the next one
 //! (as Envoy's health checker does by default): a check is then one request
 //! and one answer instead of a TCP handshake and teardown, several times
 //! cheaper, which is what lets a thousand backends be checked every second
@@ -24,7 +25,7 @@
 //! mid-way fails the check.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,26 +33,17 @@ use http::header::{HOST, USER_AGENT};
 use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
+use super::transport::{self, is_stale, Http, ProbeTls};
 use super::{Probe, ProbeError};
-use crate::config::{HealthCheckConfig, UpstreamTls};
-use crate::tls::TlsError;
+use crate::config::HealthCheckConfig;
 
 /// At most this many body bytes are read per check.
 pub const BODY_CAP: usize = 64 * 1024;
 
-/// hyper's read buffer limit (its minimum is 8 KiB): a response head larger
-/// than this fails the check instead of growing memory.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(super) const AGENT: &str = concat!("switchyard-health-check/", env!("CARGO_PKG_VERSION"));
 
-const AGENT: &str = concat!("switchyard-health-check/", env!("CARGO_PKG_VERSION"));
+type Conn = transport::Conn<Empty<Bytes>>;
 
 /// One backend's HTTP check, with its request parts built once.
 #[derive(Debug)]
@@ -68,76 +60,31 @@ pub struct HttpProbe {
     /// Set for the backends of an `https` service (boxed: most probes are
     /// plain, and every checker holds its probe).
     tls: Option<Box<ProbeTls>>,
-}
-
-/// How the checks of an `https` service's backend speak TLS.
-#[derive(Clone)]
-pub struct ProbeTls {
-    connector: TlsConnector,
-    name: ServerName<'static>,
-}
-
-impl std::fmt::Debug for ProbeTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProbeTls")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-impl ProbeTls {
-    /// Checks verified against `client` (see [`client_config`]) for the
-    /// backend named `host` (its host as written), or for the service's
-    /// `tls_server_name` when set.
-    pub fn new(
-        client: Arc<ClientConfig>,
-        settings: &UpstreamTls,
-        host: &str,
-    ) -> Result<ProbeTls, ProbeError> {
-        let name = settings.server_name.as_deref().unwrap_or(host);
-        let name = ServerName::try_from(name.to_owned())
-            .map_err(|_| ProbeError::ServerName(name.to_owned()))?;
-        Ok(ProbeTls {
-            connector: TlsConnector::from(client),
-            name,
-        })
-    }
-}
-
-/// The TLS client settings for the checks of an `https` service: its trust
-/// roots, ALPN `http/1.1` only (the probe speaks HTTP/1.1). Built once per
-/// distinct setting and shared by that service's probes.
-pub fn client_config(settings: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
-    let extra_roots = settings.ca.as_ref().map_or(&[][..], |ca| &ca.certs[..]);
-    let mut config = crate::tls::client_config(extra_roots)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// An open check connection; dropping it aborts its driver, closing the socket.
-#[derive(Debug)]
-struct Conn {
-    sender: http1::SendRequest<Empty<Bytes>>,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
+    /// HTTP/2 for `h2c` services, else HTTP/1.1.
+    http: Http,
 }
 
 impl HttpProbe {
     /// A probe for `config`, sending `Host: config.host` or, when unset,
-    /// `Host: backend_address` (the backend's `host:port` as declared); over
-    /// TLS when `tls` is set.
+    /// `Host: backend_address` (the backend's `host:port` as declared; on
+    /// HTTP/2 it is the `:authority`); over TLS when `tls` is set.
     pub fn new(
         config: &HealthCheckConfig,
         backend_address: &str,
         tls: Option<ProbeTls>,
+        http: Http,
     ) -> Result<HttpProbe, ProbeError> {
-        let uri = Uri::try_from(encode_path(&config.path)).map_err(ProbeError::Uri)?;
         let host = config.host.as_deref().unwrap_or(backend_address);
+        let path = encode_path(&config.path);
+        let uri = match http {
+            Http::Http1 => Uri::try_from(path),
+            // HTTP/2 carries scheme and authority as pseudo-headers.
+            Http::Http2 => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                Uri::try_from(format!("{scheme}://{host}{path}"))
+            }
+        };
+        let uri = uri.map_err(ProbeError::Uri)?;
         let host = HeaderValue::from_str(host).map_err(ProbeError::Host)?;
         Ok(HttpProbe {
             uri,
@@ -146,6 +93,7 @@ impl HttpProbe {
             expect: config.expect_status,
             kept: Mutex::new(None),
             tls: tls.map(Box::new),
+            http,
         })
     }
 
@@ -153,7 +101,9 @@ impl HttpProbe {
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = self.uri.clone();
         let headers = req.headers_mut();
-        headers.insert(HOST, self.host.clone());
+        if self.http == Http::Http1 {
+            headers.insert(HOST, self.host.clone());
+        }
         headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
         req
     }
@@ -182,15 +132,14 @@ impl HttpProbe {
                 other => return other,
             }
         }
-        let conn = connect(addr, self.tls.as_deref()).await?;
+        let conn = transport::connect(addr, self.tls.as_deref(), self.http).await?;
         self.exchange(conn).await
     }
 
     async fn exchange(&self, mut conn: Conn) -> Result<Option<Conn>, ProbeError> {
-        conn.sender.ready().await.map_err(ProbeError::Http)?;
         let resp = conn
             .sender
-            .send_request(self.request())
+            .send(self.request())
             .await
             .map_err(ProbeError::Http)?;
         self.judge(resp.status().as_u16())?;
@@ -223,45 +172,6 @@ impl Probe for HttpProbe {
             }
         }
     }
-}
-
-/// A fresh connection (TLS when `tls` is set) with its driver task.
-async fn connect(addr: SocketAddr, tls: Option<&ProbeTls>) -> Result<Conn, ProbeError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(ProbeError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let Some(tls) = tls else {
-        return handshake(stream).await;
-    };
-    let stream = tls
-        .connector
-        .connect(tls.name.clone(), stream)
-        .await
-        .map_err(ProbeError::Tls)?;
-    handshake(stream).await
-}
-
-/// HTTP/1.1 on `stream`, its connection driven by a task of its own.
-async fn handshake<S>(stream: S) -> Result<Conn, ProbeError>
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .max_buf_size(MAX_HEAD_BYTES)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(ProbeError::Http)?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Conn { sender, driver })
-}
-
-/// A kept connection that ended before any answer: the backend closed it
-/// while idle (the keep-alive race), which says nothing about its health.
-fn is_stale(e: &hyper::Error) -> bool {
-    e.is_canceled() || e.is_closed() || e.is_incomplete_message()
 }
 
 /// Reads and discards up to [`BODY_CAP`] bytes of body; true when the body
@@ -300,7 +210,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     fn config(expect: (u16, u16)) -> HealthCheckConfig {
         HealthCheckConfig {
@@ -347,14 +257,16 @@ mod tests {
 
     async fn probe(reply: Option<&'static [u8]>, expect: (u16, u16)) -> Result<(), ProbeError> {
         let (addr, _task) = serve_once(reply).await;
-        let probe = HttpProbe::new(&config(expect), &addr.to_string(), None).expect("valid probe");
+        let probe = HttpProbe::new(&config(expect), &addr.to_string(), None, Http::Http1)
+            .expect("valid probe");
         probe.probe(addr).await
     }
 
     #[tokio::test]
     async fn a_status_in_range_passes_and_the_request_is_a_plain_get() {
         let (addr, task) = serve_once(Some(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
-        let probe = HttpProbe::new(&config((200, 299)), "backend.test:81", None).expect("probe");
+        let probe = HttpProbe::new(&config((200, 299)), "backend.test:81", None, Http::Http1)
+            .expect("probe");
         probe.probe(addr).await.expect("passes");
         let head = task.await.expect("server");
         assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
@@ -444,7 +356,7 @@ mod tests {
     #[tokio::test]
     async fn a_passing_check_keeps_its_connection_for_the_next() {
         let (addr, accepts) = serve_keepalive(None).await;
-        let probe = HttpProbe::new(&config((200, 299)), "b:1", None).expect("probe");
+        let probe = HttpProbe::new(&config((200, 299)), "b:1", None, Http::Http1).expect("probe");
         for _ in 0..3 {
             probe.probe(addr).await.expect("passes");
         }
@@ -454,7 +366,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_connection_the_backend_closed_is_replaced_not_failed() {
         let (addr, accepts) = serve_keepalive(Some(Duration::from_millis(20))).await;
-        let probe = HttpProbe::new(&config((200, 299)), "b:1", None).expect("probe");
+        let probe = HttpProbe::new(&config((200, 299)), "b:1", None, Http::Http1).expect("probe");
         probe.probe(addr).await.expect("first passes");
         tokio::time::sleep(Duration::from_millis(100)).await;
         probe
@@ -468,11 +380,67 @@ mod tests {
     async fn a_failed_check_drops_its_connection() {
         let (addr, accepts) = serve_keepalive(None).await;
         // 200 is outside 500-599 here: every check fails.
-        let probe = HttpProbe::new(&config((500, 599)), "b:1", None).expect("probe");
+        let probe = HttpProbe::new(&config((500, 599)), "b:1", None, Http::Http1).expect("probe");
         for _ in 0..2 {
             assert!(probe.probe(addr).await.is_err());
         }
         assert_eq!(accepts.load(Ordering::SeqCst), 2);
+    }
+
+    /// An HTTP/2-only server (prior knowledge, as an h2c backend may be)
+    /// answering 200 and recording each request's `:authority` and path.
+    async fn serve_h2c_only() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        use hyper::service::service_fn;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = Arc::clone(&log);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let line = format!(
+                        "{} {}",
+                        req.uri().authority().map_or("", |a| a.as_str()),
+                        req.uri().path()
+                    );
+                    log.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line);
+                    async {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::new(Empty::<Bytes>::new()),
+                        )
+                    }
+                });
+                let builder =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                tokio::spawn(async move {
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn h2c_checks_speak_http2_with_prior_knowledge() {
+        let (addr, seen) = serve_h2c_only().await;
+        let h2 =
+            HttpProbe::new(&config((200, 299)), "api.test:80", None, Http::Http2).expect("probe");
+        for _ in 0..2 {
+            h2.probe(addr).await.expect("passes over HTTP/2");
+        }
+        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert_eq!(seen, ["api.test:80 /healthz", "api.test:80 /healthz"]);
+        let h1 =
+            HttpProbe::new(&config((200, 299)), "api.test:80", None, Http::Http1).expect("probe");
+        assert!(
+            h1.probe(addr).await.is_err(),
+            "HTTP/1.1 to an h2c-only server fails"
+        );
     }
 
     #[test]
@@ -481,6 +449,6 @@ mod tests {
         assert_eq!(encode_path("/a{b}\"é"), "/a%7Bb%7D%22%C3%A9");
         let mut c = config((200, 399));
         c.path = "/ré{x}".into();
-        assert!(HttpProbe::new(&c, "127.0.0.1:1", None).is_ok());
+        assert!(HttpProbe::new(&c, "127.0.0.1:1", None, Http::Http1).is_ok());
     }
 }

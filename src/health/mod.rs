@@ -8,7 +8,8 @@
 //! checker of a backend that left the table or started draining, and restarts
 //! one whose service's check settings changed — the backend keeps its health,
 //! because it is the same `Arc` the table carries over. A checker
-//! ([`checker`]) probes through the [`Probe`] seam ([`http`], [`tcp`]), feeds
+//! ([`checker`]) probes through the [`Probe`] seam ([`http`], [`tcp`],
+//! [`grpc`]; the first and last connect through [`transport`]), feeds
 //! results to the pure threshold machine ([`counter`]), and on a transition
 //! sets the backend's health and nudges the publisher, which rebuilds the
 //! ready lists. The request path only ever reads the published table, so it
@@ -16,8 +17,10 @@
 
 pub mod checker;
 pub mod counter;
+pub mod grpc;
 pub mod http;
 pub mod tcp;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,8 +36,11 @@ use crate::metrics::Metrics;
 use crate::table::{Publisher, Table};
 
 use checker::{CheckCounters, Checker, Grid, Start};
-pub use http::{HttpProbe, ProbeTls};
+pub use grpc::GrpcProbe;
+pub use http::HttpProbe;
 pub use tcp::TcpProbe;
+use transport::Http;
+pub use transport::ProbeTls;
 
 /// One health attempt against one address. Thresholds are not its business:
 /// it answers pass (`Ok`) or fail (`Err`, with why), within its own timeout.
@@ -63,6 +69,14 @@ pub enum ProbeError {
     ServerName(String),
     #[error("TLS settings unusable")]
     TlsSettings(#[source] Arc<crate::tls::TlsError>),
+    #[error("gRPC status {code} {message}")]
+    GrpcStatus { code: u32, message: String },
+    #[error("the health service answered {}", grpc::serving_status_name(*.0))]
+    NotServing(i32),
+    #[error("bad gRPC answer: {0}")]
+    GrpcAnswer(&'static str),
+    #[error("undecodable gRPC health answer")]
+    GrpcDecode(#[source] prost::DecodeError),
 }
 
 /// The probe a service's config asks for.
@@ -70,19 +84,41 @@ pub enum ProbeError {
 pub enum AnyProbe {
     Http(HttpProbe),
     Tcp(TcpProbe),
+    Grpc(GrpcProbe),
 }
 
 impl AnyProbe {
-    /// `tls`: set for the backends of an `https` service (used by HTTP checks).
+    /// `tls`: set for the backends of an `https` service (used by HTTP and
+    /// gRPC checks); `protocol`: the service's, which decides the HTTP version.
     pub fn new(
         config: &HealthCheckConfig,
         backend: &Backend,
         tls: Option<ProbeTls>,
+        protocol: UpstreamProtocol,
     ) -> Result<AnyProbe, ProbeError> {
-        Ok(match config.kind {
-            HealthCheckKind::Http => AnyProbe::Http(HttpProbe::new(config, &backend.address, tls)?),
+        let authority = config.host.as_deref().unwrap_or(&backend.address);
+        Ok(match &config.kind {
+            HealthCheckKind::Http => {
+                let http = probe_http(&config.kind, protocol);
+                AnyProbe::Http(HttpProbe::new(config, &backend.address, tls, http)?)
+            }
             HealthCheckKind::Tcp => AnyProbe::Tcp(TcpProbe::new(config.timeout)),
+            HealthCheckKind::Grpc { service } => {
+                AnyProbe::Grpc(GrpcProbe::new(service, authority, config.timeout, tls)?)
+            }
         })
+    }
+}
+
+/// The HTTP version a check speaks: gRPC always HTTP/2, HTTP checks HTTP/2
+/// (prior knowledge) towards `h2c` services, whose backends may speak
+/// nothing else; over TLS the HTTP check keeps HTTP/1.1.
+fn probe_http(kind: &HealthCheckKind, protocol: UpstreamProtocol) -> Http {
+    match (kind, protocol) {
+        (HealthCheckKind::Grpc { .. }, _) | (HealthCheckKind::Http, UpstreamProtocol::H2c) => {
+            Http::Http2
+        }
+        _ => Http::Http1,
     }
 }
 
@@ -91,6 +127,7 @@ impl Probe for AnyProbe {
         match self {
             AnyProbe::Http(p) => p.probe(addr).await,
             AnyProbe::Tcp(p) => p.probe(addr).await,
+            AnyProbe::Grpc(p) => p.probe(addr).await,
         }
     }
 }
@@ -127,9 +164,10 @@ pub struct Supervisor {
     pass: u64,
     /// Shared by all checkers, so that their checks bunch into few wake-ups.
     grid: Grid,
-    /// TLS client settings per distinct `https` service setting: building
-    /// one parses the root store, too costly per backend.
-    tls_clients: HashMap<UpstreamTls, TlsClient>,
+    /// TLS client settings per distinct `https` service setting (and the
+    /// HTTP version its ALPN offers): building one parses the root store,
+    /// too costly per backend.
+    tls_clients: HashMap<(UpstreamTls, Http), TlsClient>,
 }
 
 type TlsClient = Result<Arc<rustls::ClientConfig>, Arc<crate::tls::TlsError>>;
@@ -170,10 +208,12 @@ impl Supervisor {
         self.pass += 1;
         let mut tls_in_use = Vec::new();
         for service in &table.services {
-            let Some((_, tls)) = checks(&service.settings) else {
+            let Some(check) = checks(&service.settings) else {
                 continue;
             };
-            tls_in_use.extend(tls);
+            if let Some(tls) = check.tls {
+                tls_in_use.push((tls, probe_http(&check.config.kind, check.protocol)));
+            }
             for backend in service.backends.iter().filter(|b| !b.is_draining()) {
                 self.ensure(backend, &service.settings);
             }
@@ -185,12 +225,12 @@ impl Supervisor {
         self.running.retain(|_, r| r.seen == pass);
         // TLS settings no service uses any more (a reload changed them).
         self.tls_clients
-            .retain(|settings, _| tls_in_use.contains(&settings));
+            .retain(|(settings, http), _| tls_in_use.contains(&(settings, *http)));
     }
 
     /// Make sure `backend` has a checker running the checks `settings` asks for.
     fn ensure(&mut self, backend: &Arc<Backend>, settings: &Arc<ServiceConfig>) {
-        let Some((config, tls)) = checks(settings) else {
+        let Some(check) = checks(settings) else {
             return;
         };
         let key = (Arc::clone(&backend.service), Arc::clone(&backend.id));
@@ -198,7 +238,7 @@ impl Supervisor {
             Some(r)
                 if Arc::ptr_eq(&r.backend, backend)
                     && (Arc::ptr_eq(&r.settings, settings)
-                        || checks(&r.settings) == Some((config, tls))) =>
+                        || checks(&r.settings).as_ref() == Some(&check)) =>
             {
                 r.seen = self.pass;
                 return;
@@ -214,7 +254,7 @@ impl Supervisor {
         };
         // Dropping the old entry aborts its task before the new one starts.
         self.running.remove(&key);
-        if let Some(task) = self.spawn(backend, config, tls, start) {
+        if let Some(task) = self.spawn(backend, &check, start) {
             let running = Running {
                 backend: Arc::clone(backend),
                 settings: Arc::clone(settings),
@@ -228,13 +268,14 @@ impl Supervisor {
     fn spawn(
         &mut self,
         backend: &Arc<Backend>,
-        config: &HealthCheckConfig,
-        tls: Option<&UpstreamTls>,
+        check: &Checks<'_>,
         start: Start,
     ) -> Option<tokio::task::JoinHandle<()>> {
+        let config = check.config;
+        let http = probe_http(&config.kind, check.protocol);
         let probe = self
-            .probe_tls(backend, tls)
-            .and_then(|tls| AnyProbe::new(config, backend, tls));
+            .probe_tls(backend, check.tls, http)
+            .and_then(|tls| AnyProbe::new(config, backend, tls, check.protocol));
         let probe = match probe {
             Ok(probe) => probe,
             Err(e) => {
@@ -257,19 +298,20 @@ impl Supervisor {
         Some(tokio::spawn(checker.run(start)))
     }
 
-    /// The TLS side of `backend`'s HTTP checks, for an `https` service.
+    /// The TLS side of `backend`'s HTTP and gRPC checks, for an `https` service.
     fn probe_tls(
         &mut self,
         backend: &Backend,
         tls: Option<&UpstreamTls>,
+        http: Http,
     ) -> Result<Option<ProbeTls>, ProbeError> {
         let Some(settings) = tls else {
             return Ok(None);
         };
         let client = self
             .tls_clients
-            .entry(settings.clone())
-            .or_insert_with(|| http::client_config(settings).map_err(Arc::new))
+            .entry((settings.clone(), http))
+            .or_insert_with(|| transport::client_config(settings, http).map_err(Arc::new))
             .clone()
             .map_err(ProbeError::TlsSettings)?;
         let host = backend.named_authority.host();
@@ -291,12 +333,29 @@ impl Supervisor {
     }
 }
 
-/// The checks `settings` asks for: the check, and the TLS settings its
-/// probes speak (HTTP checks of an `https` service).
-fn checks(settings: &ServiceConfig) -> Option<(&HealthCheckConfig, Option<&UpstreamTls>)> {
-    let check = settings.health_check.as_ref()?;
-    let tls = settings.protocol == UpstreamProtocol::Https && check.kind == HealthCheckKind::Http;
-    Some((check, tls.then_some(&settings.tls)))
+/// What a checker's probes depend on; a change of any restarts it.
+#[derive(Debug, PartialEq)]
+struct Checks<'a> {
+    config: &'a HealthCheckConfig,
+    /// The TLS settings the probes speak (HTTP and gRPC checks of an
+    /// `https` service).
+    tls: Option<&'a UpstreamTls>,
+    protocol: UpstreamProtocol,
+}
+
+/// The checks `settings` asks for.
+fn checks(settings: &ServiceConfig) -> Option<Checks<'_>> {
+    let config = settings.health_check.as_ref()?;
+    let speaks_http = matches!(
+        config.kind,
+        HealthCheckKind::Http | HealthCheckKind::Grpc { .. }
+    );
+    let tls = settings.protocol == UpstreamProtocol::Https && speaks_http;
+    Some(Checks {
+        config,
+        tls: tls.then_some(&settings.tls),
+        protocol: settings.protocol,
+    })
 }
 
 /// Start the supervisor as a task; aborting the handle stops every checker.

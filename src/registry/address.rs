@@ -5,8 +5,10 @@
 //! internal hosts, so every address is checked *after* resolution (a name
 //! that resolves to a metadata address is refused like the literal), with
 //! IPv4-mapped IPv6 forms (`::ffff:127.0.0.1`) reduced to IPv4 first. The
-//! always-refused classes (link-local, unspecified, multicast, broadcast,
-//! Switchyard's own listeners) pass only when `allowed_networks` lists a
+//! always-refused classes (link-local, cloud metadata addresses that are not
+//! link-local, unspecified, multicast, broadcast, Switchyard's own listeners)
+//! also cover IPv4 addresses carried inside NAT64 (`64:ff9b::/96`) and 6to4
+//! (`2002::/16`) addresses, and pass only when `allowed_networks` lists a
 //! network *inside* the class, such as `169.254.169.254/32`: a broad
 //! `0.0.0.0/0` does not count as listing them. [`classify`] is pure and
 //! unit-tested; only [`resolve`] does I/O.
@@ -51,6 +53,7 @@ pub enum AddressError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     LinkLocal,
+    CloudMetadata,
     Unspecified,
     Multicast,
     Broadcast,
@@ -62,6 +65,7 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Refusal::LinkLocal => "it is link-local (169.254.0.0/16 or fe80::/10, where cloud metadata services live) and not listed in registry.allowed_networks",
+            Refusal::CloudMetadata => "it is a cloud metadata address (fd00:ec2::254 or 100.100.100.200) and not listed in registry.allowed_networks",
             Refusal::Unspecified => "it is an unspecified address (0.0.0.0/8 or ::) and not listed in registry.allowed_networks",
             Refusal::Multicast => "it is a multicast address and not listed in registry.allowed_networks",
             Refusal::Broadcast => "it is the broadcast address and not listed in registry.allowed_networks",
@@ -165,7 +169,7 @@ pub fn classify(addr: SocketAddr, policy: &Policy<'_>) -> Result<SocketAddr, Ref
             .iter()
             .any(|net| net.contains(&ip) && class.contains(net))
     };
-    if let Some((refusal, class)) = special_class(ip) {
+    if let Some((refusal, class)) = special_class(ip).or_else(|| embedded_class(ip)) {
         if !explicit(class) {
             return Err(refusal);
         }
@@ -188,6 +192,9 @@ fn special_class(ip: IpAddr) -> Option<(Refusal, IpNet)> {
         [
             ("169.254.0.0/16", Refusal::LinkLocal),
             ("fe80::/10", Refusal::LinkLocal),
+            // Metadata services outside link-local: AWS over IPv6, Alibaba Cloud.
+            ("fd00:ec2::254/128", Refusal::CloudMetadata),
+            ("100.100.100.200/32", Refusal::CloudMetadata),
             ("0.0.0.0/8", Refusal::Unspecified),
             ("::/128", Refusal::Unspecified),
             ("224.0.0.0/4", Refusal::Multicast),
@@ -202,6 +209,36 @@ fn special_class(ip: IpAddr) -> Option<(Refusal, IpNet)> {
         .iter()
         .find(|(range, _)| range.contains(&ip))
         .map(|&(range, refusal)| (refusal, range))
+}
+
+/// The always-refused class of the IPv4 address a NAT64 (`64:ff9b::/96`,
+/// RFC 6052) or 6to4 (`2002::/16`, RFC 3056) address carries — a gateway
+/// would deliver to that IPv4 — with the class's range written in the same
+/// IPv6 form (so that `allowed_networks` can list it explicitly).
+fn embedded_class(ip: IpAddr) -> Option<(Refusal, IpNet)> {
+    const NAT64: u128 = 0x0064_ff9b << 96;
+    const SIX_TO_FOUR: u128 = 0x2002 << 112;
+    let IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    let bits = u128::from(v6);
+    // (prefix, prefix length, where the IPv4 address sits: bits below it)
+    let (prefix, prefix_len, shift) = if bits >> 32 == NAT64 >> 32 {
+        (NAT64, 96, 0)
+    } else if bits >> 112 == SIX_TO_FOUR >> 112 {
+        (SIX_TO_FOUR, 16, 80)
+    } else {
+        return None;
+    };
+    // Truncation intended: the 32 bits at `shift` are the IPv4 address.
+    let v4 = Ipv4Addr::from((bits >> shift) as u32);
+    let (refusal, class) = special_class(IpAddr::V4(v4))?;
+    let IpNet::V4(class) = class else {
+        return None;
+    };
+    let start = prefix | (u128::from(u32::from(class.network())) << shift);
+    let net = ipnet::Ipv6Net::new(Ipv6Addr::from(start), prefix_len + class.prefix_len()).ok()?;
+    Some((refusal, IpNet::V6(net)))
 }
 
 /// Same port as a listener, and the listener's IP or (for a wildcard
@@ -376,6 +413,58 @@ mod tests {
                 assert_eq!(check(address, allowed, &[]), Err(refusal), "{address}");
             }
         }
+    }
+
+    #[test]
+    fn cloud_metadata_and_embedded_ipv4_are_refused_even_by_a_broad_allow() {
+        let any = nets(&["0.0.0.0/0", "::/0"]);
+        for allowed in [None, Some(&any[..])] {
+            let cases = [
+                ("[fd00:ec2::254]:80", Refusal::CloudMetadata),
+                ("100.100.100.200:80", Refusal::CloudMetadata),
+                ("[::ffff:100.100.100.200]:80", Refusal::CloudMetadata),
+                // NAT64 and 6to4 forms of 169.254.169.254 and others.
+                ("[64:ff9b::a9fe:a9fe]:80", Refusal::LinkLocal),
+                ("[64:ff9b::169.254.1.2]:80", Refusal::LinkLocal),
+                ("[2002:a9fe:a9fe::]:80", Refusal::LinkLocal),
+                ("[2002:a9fe:0102:1::5]:80", Refusal::LinkLocal),
+                ("[64:ff9b::100.100.100.200]:80", Refusal::CloudMetadata),
+                ("[2002:6464:64c8::1]:80", Refusal::CloudMetadata),
+                ("[64:ff9b::0.0.0.0]:80", Refusal::Unspecified),
+                ("[2002:e000:0001::]:80", Refusal::Multicast),
+                ("[64:ff9b::255.255.255.255]:80", Refusal::Broadcast),
+            ];
+            for (address, refusal) in cases {
+                assert_eq!(check(address, allowed, &[]), Err(refusal), "{address}");
+            }
+        }
+        // Neighbours of the metadata addresses and ordinary embedded IPv4 pass.
+        for address in [
+            "[fd00:ec2::253]:80",
+            "100.100.100.201:80",
+            "[64:ff9b::10.0.0.1]:80",
+            "[2002:0a00:0001::1]:80",
+            "[64:ff9b:1::a9fe:a9fe]:80",
+        ] {
+            assert!(check(address, None, &[]).is_ok(), "{address}");
+        }
+    }
+
+    #[test]
+    fn embedded_classes_pass_when_listed_explicitly_in_their_own_form() {
+        let allowed = nets(&["64:ff9b::a9fe:a9fe/128", "2002:a9fe::/32"]);
+        assert!(check("[64:ff9b::a9fe:a9fe]:80", Some(&allowed), &[]).is_ok());
+        assert!(check("[2002:a9fe:1:2::9]:80", Some(&allowed), &[]).is_ok());
+        assert_eq!(
+            check("[64:ff9b::a9fe:1]:80", Some(&allowed), &[]),
+            Err(Refusal::LinkLocal)
+        );
+        // Listing the IPv4 class does not list its NAT64 form.
+        let v4 = nets(&["169.254.0.0/16", "::/0"]);
+        assert_eq!(
+            check("[64:ff9b::a9fe:a9fe]:80", Some(&v4), &[]),
+            Err(Refusal::LinkLocal)
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! are counted live in [`FakeBackend::body_bytes`].
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod registry_api;
 #[allow(unused_imports)]
 pub use registry_api::*;

@@ -52,7 +52,7 @@ pub(super) fn service(cx: &mut Ctx, name: &Text, raw: &RawService) -> ServiceCon
         health_check: raw
             .health_check
             .as_ref()
-            .map(|h| health(cx, &k("health_check"), h)),
+            .map(|h| health(cx, &k("health_check"), h, protocol)),
         retry: raw
             .retry
             .as_ref()
@@ -106,12 +106,14 @@ fn backend(cx: &mut Ctx, at: &str, entry: &Spanned<RawBackend>) -> Option<Backen
     })
 }
 
-fn health(cx: &mut Ctx, key: &str, raw: &RawHealthCheck) -> HealthCheckConfig {
+fn health(
+    cx: &mut Ctx,
+    key: &str,
+    raw: &RawHealthCheck,
+    protocol: UpstreamProtocol,
+) -> HealthCheckConfig {
     let d = default_health_check();
-    let kind = raw.kind.map_or(d.kind, |kind| match kind {
-        RawHealthKind::Http => HealthCheckKind::Http,
-        RawHealthKind::Tcp => HealthCheckKind::Tcp,
-    });
+    let kind = health_kind(cx, key, raw, protocol).unwrap_or(d.kind);
     let host = raw.host.as_ref();
     let host = host.and_then(|h| cx.check(h, &format!("{key}.host"), |s| parse_header_host(s)));
     HealthCheckConfig {
@@ -128,6 +130,43 @@ fn health(cx: &mut Ctx, key: &str, raw: &RawHealthCheck) -> HealthCheckConfig {
             val(raw.expect_status, d, |s| parse_status_range(s))
         ),
     }
+}
+
+/// The check's kind; `grpc` needs an HTTP/2 protocol (`h2c` or `https`),
+/// and `grpc_service` applies to it alone. `None` when the key is absent.
+fn health_kind(
+    cx: &mut Ctx,
+    key: &str,
+    raw: &RawHealthCheck,
+    protocol: UpstreamProtocol,
+) -> Option<HealthCheckKind> {
+    let grpc_service = raw.grpc_service.as_ref();
+    let is_grpc = raw.kind.as_ref().map(|k| *k.get_ref()) == Some(RawHealthKind::Grpc);
+    if let (Some(service), false) = (grpc_service, is_grpc) {
+        let message = "only applies with kind = \"grpc\"";
+        cx.error(
+            Some(service.span()),
+            &format!("{key}.grpc_service"),
+            message,
+        );
+    }
+    let kind = raw.kind.as_ref()?;
+    Some(match kind.get_ref() {
+        RawHealthKind::Http => HealthCheckKind::Http,
+        RawHealthKind::Tcp => HealthCheckKind::Tcp,
+        RawHealthKind::Grpc => {
+            // A `protocol` dropped for its wrong shape stands in as http1: no claim.
+            let service_key = key.strip_suffix(".health_check").unwrap_or(key);
+            let http2 = matches!(protocol, UpstreamProtocol::H2c | UpstreamProtocol::Https);
+            if !http2 && !cx.dropped(&format!("{service_key}.protocol")) {
+                let message = "kind = \"grpc\" needs protocol = \"h2c\" or \"https\" on the service (gRPC runs over HTTP/2)";
+                cx.error(Some(kind.span()), &format!("{key}.kind"), message);
+            }
+            HealthCheckKind::Grpc {
+                service: grpc_service.map_or_else(String::new, |s| s.get_ref().clone()),
+            }
+        }
+    })
 }
 
 fn retry(cx: &mut Ctx, key: &str, raw: &RawRetry) -> RetryConfig {
@@ -194,5 +233,62 @@ fn route(cx: &mut Ctx, key: &str, raw: &RawRoute) -> RouteConfig {
         service: raw.service.get_ref().clone(),
         strip_prefix: raw.strip_prefix.unwrap_or(false),
         allow_ambiguous_paths: raw.allow_ambiguous_paths.unwrap_or(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, HealthCheckKind};
+
+    fn check(protocol: &str, health: &str) -> Result<Config, String> {
+        let text = format!(
+            "[services.api]\nbackends = [\"127.0.0.1:9\"]\nprotocol = \"{protocol}\"\n\
+             [services.api.health_check]\n{health}"
+        );
+        Config::from_toml_str(&text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn grpc_checks_need_an_http2_protocol() {
+        for protocol in ["h2c", "https"] {
+            let config = check(protocol, "kind = \"grpc\"\ngrpc_service = \"users.v1\"\n")
+                .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+            let kind = config.services["api"]
+                .health_check
+                .as_ref()
+                .map(|h| &h.kind);
+            let want = HealthCheckKind::Grpc {
+                service: "users.v1".into(),
+            };
+            assert_eq!(kind, Some(&want));
+        }
+        let config = check("h2c", "kind = \"grpc\"\n").expect("valid");
+        let kind = config.services["api"]
+            .health_check
+            .as_ref()
+            .map(|h| &h.kind);
+        let whole_server = HealthCheckKind::Grpc {
+            service: String::new(),
+        };
+        assert_eq!(kind, Some(&whole_server));
+        let err = check("http1", "kind = \"grpc\"\n").expect_err("http1");
+        assert!(
+            err.starts_with("t.toml:5:8: services.api.health_check.kind: kind = \"grpc\" needs protocol = \"h2c\" or \"https\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn grpc_service_applies_to_grpc_checks_only() {
+        let err = check("h2c", "grpc_service = \"x\"\n").expect_err("http check");
+        assert!(
+            err.contains(
+                "services.api.health_check.grpc_service: only applies with kind = \"grpc\""
+            ),
+            "{err}"
+        );
+        assert!(check("h2c", "kind = \"tcp\"\ngrpc_service = \"x\"\n").is_err());
     }
 }
