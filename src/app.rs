@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::AccessLogSwitch;
 use crate::admin::{AdminService, AdminState};
 use crate::config::{Config, StoreConfig};
 use crate::control::ControlPlane;
@@ -57,6 +58,8 @@ pub enum StartError {
     /// (the message names its endpoints).
     #[error("cannot load the registry: {0}")]
     SharedStore(#[from] crate::registry::SharedError),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(#[source] io::Error),
 }
 
 /// A bound, not yet serving, Switchyard.
@@ -78,6 +81,7 @@ pub struct App {
     control: ControlPlane,
     /// Cluster mode: the etcd revision the registry was loaded at.
     follow_from: Option<i64>,
+    access_log: Arc<AccessLogSwitch>,
 }
 
 impl App {
@@ -104,10 +108,15 @@ impl App {
             open_registry(&config, &proxy_sockets, &tls_sockets, &admin_socket).await?;
         let http_builder = Arc::new(listener::http_builder(&config.proxy));
         let metrics = Metrics::new();
+        let access_log = Arc::new(AccessLogSwitch::new(metrics.access_log_dropped()));
+        access_log
+            .apply(config.access_log.as_ref())
+            .map_err(StartError::AccessLog)?;
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
         publisher.add_source(Arc::clone(&registry) as Arc<dyn BackendSource>);
         registry.set_routing_hook(RoutingToTable(Arc::downgrade(&publisher)));
-        let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone());
+        let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone())
+            .with_access_log(Arc::clone(&access_log));
         let control = ControlPlane::start(config.admin.priority).map_err(StartError::Control)?;
         Ok(App {
             config,
@@ -122,6 +131,7 @@ impl App {
             ready: Arc::new(AtomicBool::new(false)),
             control,
             follow_from,
+            access_log,
         })
     }
 
@@ -158,6 +168,13 @@ impl App {
     pub fn reload_on_hangup(&self) {
         self.control
             .enter(|| crate::shutdown::reload_on_hangup(self.reloader()));
+    }
+
+    /// Reopen the access log file on every SIGUSR1 (logrotate's signal).
+    pub fn reopen_log_on_user1(&self) {
+        let access_log = Arc::clone(&self.access_log);
+        self.control
+            .enter(|| crate::shutdown::reopen_log_on_user1(access_log));
     }
 
     /// Serve until `shutdown` resolves, then drain and return.
@@ -259,6 +276,8 @@ impl App {
             max_body_bytes: cfg.max_body_bytes,
             max_header_bytes: cfg.max_header_bytes,
             tls,
+            access_log: Arc::clone(&self.access_log),
+            unrouted: self.metrics.unrouted(),
         }
     }
 

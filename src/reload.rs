@@ -13,6 +13,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Mutex;
 
+use crate::access_log::AccessLogSwitch;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::table::Publisher;
@@ -26,6 +27,8 @@ pub enum ReloadError {
     Invalid(#[source] ConfigErrors),
     #[error("reload task failed")]
     Task(#[source] tokio::task::JoinError),
+    #[error("cannot open the new access log ({0}); the running config is unchanged")]
+    AccessLog(#[source] std::io::Error),
 }
 
 impl ReloadError {
@@ -48,6 +51,8 @@ pub struct Reloader {
     /// Fingerprint of the file text the running config came from, so the
     /// watcher reloads only real changes (and catches one made before it started).
     applied: Arc<std::sync::Mutex<Option<u64>>>,
+    /// The access log, re-pointed by each applied config.
+    access_log: Option<Arc<AccessLogSwitch>>,
 }
 
 /// Quiet time after the last file event before the file is read: one save
@@ -67,7 +72,14 @@ impl Reloader {
             path,
             serial: Arc::new(Mutex::new(())),
             applied: Arc::new(std::sync::Mutex::new(applied)),
+            access_log: None,
         }
+    }
+
+    /// Reloads also turn the access log on, off, or to a new file or format.
+    pub fn with_access_log(mut self, access_log: Arc<AccessLogSwitch>) -> Reloader {
+        self.access_log = Some(access_log);
+        self
     }
 
     /// Re-read the config file and apply it if valid.
@@ -114,6 +126,16 @@ impl Reloader {
         loaded: Result<Config, ConfigErrors>,
         stamp: u64,
     ) -> Result<(), ReloadError> {
+        let loaded = loaded.map_err(ReloadError::Invalid).and_then(|config| {
+            // First, because it is the one step that can still fail: a log
+            // file that cannot be opened rejects the reload as a whole.
+            match &self.access_log {
+                Some(log) => log.apply(config.access_log.as_ref()),
+                None => Ok(()),
+            }
+            .map(|()| config)
+            .map_err(ReloadError::AccessLog)
+        });
         match loaded {
             Ok(config) => {
                 self.warn_about_fixed_settings(&config);
@@ -126,13 +148,18 @@ impl Reloader {
                 tracing::info!(trigger, "config reloaded");
                 Ok(())
             }
-            Err(errors) => {
+            Err(ReloadError::Invalid(errors)) => {
                 self.metrics.count_reload(false);
                 tracing::error!(
                     trigger,
                     "config reload rejected; keeping the running config:\n{errors}"
                 );
                 Err(ReloadError::Invalid(errors))
+            }
+            Err(other) => {
+                self.metrics.count_reload(false);
+                tracing::error!(trigger, "config reload rejected: {other}");
+                Err(other)
             }
         }
     }
