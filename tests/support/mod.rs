@@ -26,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod logs;
+pub mod promtool;
 pub mod registry_api;
 #[allow(unused_imports)]
 pub use logs::*;
