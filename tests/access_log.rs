@@ -362,3 +362,45 @@ async fn check_reports_a_missing_log_folder_with_its_position() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_stdout_never_holds_requests_back() {
+    let web = FakeBackend::start("web").await;
+    let toml =
+        base_toml() + "[access_log]\npath = \"stdout\"\n\n" + &service_toml("web", &[&web], "");
+    let config = ConfigFile::new(&toml);
+    let (_child, proxy, _admin) = spawn_with_stdout_unread(&config).await;
+    // ~300 bytes a line: a pipe buffer (64 KiB) is full after ~220 lines,
+    // so from then on the writer is blocked on stdout.
+    let client = Http::new();
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        let resp = client.get(proxy, "/web/pipe-is-full").await;
+        assert_eq!(resp.status, StatusCode::OK, "request {i}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "bounded: request {i}"
+        );
+    }
+    assert!(web.hits() >= 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_that_cannot_be_written_are_dropped_and_counted() {
+    let web = FakeBackend::start("web").await;
+    // Every write to /dev/full fails with ENOSPC (a full disk).
+    let toml =
+        base_toml() + &access_log_toml("/dev/full", "json") + &service_toml("web", &[&web], "");
+    let app = start_app(&toml).await;
+    for _ in 0..5 {
+        assert_eq!(get(app.proxy, "/web/x").await.status, StatusCode::OK);
+    }
+    eventually(WAIT, "5 dropped lines counted", || async {
+        metric(
+            &metrics_text(app.admin).await,
+            "switchyard_access_log_dropped_total",
+            &[],
+        ) == Some(5.0)
+    })
+    .await;
+}
