@@ -222,6 +222,11 @@ impl App {
         if let Err(e) = self.registry.flush().await {
             tracing::error!(error = %e, "could not save the registry at shutdown");
         }
+        let access_log = Arc::clone(&self.access_log);
+        let _ = tokio::task::spawn_blocking(move || {
+            access_log.flush(std::time::Duration::from_secs(2))
+        })
+        .await;
         tracing::info!("stopped");
         Ok(())
     }

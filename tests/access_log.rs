@@ -404,3 +404,28 @@ async fn lines_that_cannot_be_written_are_dropped_and_counted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_queued_at_shutdown_are_written_before_exit() {
+    let web = FakeBackend::start("web").await;
+    let toml =
+        base_toml() + &access_log_toml("access.log", "json") + &service_toml("web", &[&web], "");
+    let config = ConfigFile::new(&toml);
+    let mut proc = spawn_serve(&config).await;
+    let log_path = config.path().parent().unwrap().join("access.log");
+    let client = Http::new();
+    for _ in 0..20 {
+        assert_eq!(
+            client.get(proc.proxy(), "/web/last").await.status,
+            StatusCode::OK
+        );
+    }
+    proc.signal("TERM");
+    let status = proc.wait_exit(WAIT).await.expect("exits after SIGTERM");
+    assert!(status.success(), "{}", proc.stderr());
+    assert_eq!(
+        log_lines(&log_path).len(),
+        20,
+        "every answered request is in the log"
+    );
+}

@@ -69,6 +69,8 @@ enum Message {
     Line(Box<Entry>),
     /// Reopen the file (SIGUSR1); also a wake-up for the reopen flag.
     Reopen,
+    /// Write everything queued before this, then answer (shutdown).
+    Flush(SyncSender<()>),
 }
 
 /// One open access log: its queue and writer thread. The thread ends, after
@@ -87,6 +89,7 @@ impl std::fmt::Debug for Message {
         match self {
             Message::Line(_) => f.write_str("Line"),
             Message::Reopen => f.write_str("Reopen"),
+            Message::Flush(_) => f.write_str("Flush"),
         }
     }
 }
@@ -158,6 +161,28 @@ impl AccessLogSwitch {
             // A full queue wakes the writer anyway; it checks the flag after each batch.
             let _ = log.queue.try_send(Message::Reopen);
         }
+    }
+
+    /// Write every line queued so far, waiting up to `limit` (at shutdown:
+    /// the process must not exit with lines still in the queue). Blocks.
+    pub fn flush(&self, limit: Duration) {
+        let Some(log) = self.current.load_full() else {
+            return;
+        };
+        let deadline = Instant::now() + limit;
+        let (ack, done) = mpsc::sync_channel(1);
+        let mut message = Message::Flush(ack);
+        loop {
+            match log.queue.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    message = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
     /// Whether a log is in force.

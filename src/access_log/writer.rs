@@ -1,6 +1,10 @@
 //! The access log's writer thread: takes entries off the queue, formats them
 //! into one buffer, and writes the buffer when the queue is empty (or the
 //! buffer is large), so a burst of requests costs one write, not one per line.
+//! While lines keep coming it drains the queue every [`BATCH_EVERY`] instead
+//! of blocking on it, so a request's `try_send` finds no sleeping receiver to
+//! wake (no futex call, no context switch per request); when a drain finds
+//! the queue empty it blocks again, so an idle log costs nothing.
 //! A plain thread, not a tokio task: a write to a slow disk or a full pipe
 //! blocks only this thread. SIGUSR1's reopen is handled here too.
 
@@ -8,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +23,9 @@ use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 
 /// Write the buffer once it holds this much, even if more lines are queued.
 const FLUSH_AT: usize = 64 * 1024;
+
+/// Under traffic, how often the queue is drained (the most a line waits).
+const BATCH_EVERY: Duration = Duration::from_millis(20);
 
 /// A failing destination is reported at most this often.
 const ERROR_EVERY: Duration = Duration::from_secs(10);
@@ -116,25 +123,56 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, rx: Receiver<Message>) {
+        // Idle: block until a line (or a reopen) comes.
         while let Ok(first) = rx.recv() {
-            let mut next = Some(first);
-            while let Some(message) = next {
-                match message {
-                    Message::Line(entry) => {
-                        line::write(&mut self.buf, &entry, self.format);
-                        self.lines += 1;
-                        if self.buf.len() >= FLUSH_AT {
-                            self.flush();
-                        }
-                    }
-                    Message::Reopen => self.reopen_if_asked(),
+            self.take(first);
+            // Busy: drain, write, pause; back to blocking once a pause brought nothing.
+            loop {
+                let (taken, open) = self.drain(&rx);
+                self.flush();
+                self.reopen_if_asked();
+                if !open {
+                    return;
                 }
-                next = rx.try_recv().ok();
+                if taken == 0 {
+                    break;
+                }
+                std::thread::sleep(BATCH_EVERY);
             }
-            self.flush();
-            self.reopen_if_asked();
         }
         self.flush();
+    }
+
+    /// Everything queued now; (messages taken, whether senders remain).
+    fn drain(&mut self, rx: &Receiver<Message>) -> (usize, bool) {
+        let mut taken = 0;
+        loop {
+            match rx.try_recv() {
+                Ok(message) => {
+                    self.take(message);
+                    taken += 1;
+                }
+                Err(TryRecvError::Empty) => return (taken, true),
+                Err(TryRecvError::Disconnected) => return (taken, false),
+            }
+        }
+    }
+
+    fn take(&mut self, message: Message) {
+        match message {
+            Message::Line(entry) => {
+                line::write(&mut self.buf, &entry, self.format);
+                self.lines += 1;
+                if self.buf.len() >= FLUSH_AT {
+                    self.flush();
+                }
+            }
+            Message::Reopen => self.reopen_if_asked(),
+            Message::Flush(ack) => {
+                self.flush();
+                let _ = ack.send(());
+            }
+        }
     }
 
     fn reopen_if_asked(&mut self) {

@@ -188,9 +188,9 @@ impl ProxyService {
             return self.unrouted(ProxyError::NoRoute, unread_body && http1, log);
         };
         let service = &table.services[route.service];
-        let received = log.as_mut().map(|log| {
+        let received = log.as_mut().and_then(|log| {
             log.routed(&service.name);
-            log.received_counter()
+            unread_body.then(|| log.received_counter())
         });
         let fwd = Forwarding {
             service,
