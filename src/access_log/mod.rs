@@ -146,10 +146,15 @@ impl AccessLogSwitch {
         if current.as_ref().map(|log| &log.config) == config {
             return Ok(());
         }
+        drop(current);
         let next = match config {
             Some(config) => Some(Arc::new(AccessLog::open(config, self.dropped.clone())?)),
             None => None,
         };
+        match config {
+            Some(c) => tracing::info!(to = ?c.target, format = ?c.format, "access log on"),
+            None => tracing::info!("access log off"),
+        }
         self.current.store(next);
         Ok(())
     }
