@@ -429,3 +429,33 @@ async fn lines_queued_at_shutdown_are_written_before_exit() {
         "every answered request is in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_requests_and_413_answers_are_logged() {
+    let web = FakeBackend::start("web").await;
+    let toml = base_toml_with("max_body_bytes = 10")
+        + &access_log_toml("access.log", "json")
+        + &service_toml("web", &[&web], "");
+    let app = start_app(&toml).await;
+    let log_path = app.config.path().parent().unwrap().join("access.log");
+
+    let h2 = Http::h2c().get(app.proxy, "/web/over-h2").await;
+    assert_eq!(h2.status, StatusCode::OK);
+    let too_large = Http::new()
+        .post(app.proxy, "/web/upload", "twenty bytes of body")
+        .await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let lines = json_lines(&wait_log_lines(&log_path, 2, WAIT).await);
+    let h2_line = line_with_id(&lines, h2.header("x-request-id").unwrap());
+    assert_eq!(h2_line["protocol"], "HTTP/2.0");
+    assert_eq!(h2_line["host"], app.proxy.to_string(), "from :authority");
+    assert_eq!(h2_line["status"], 200);
+    assert_eq!(h2_line["backend"], web.address());
+    let big = line_with_id(&lines, too_large.header("x-request-id").unwrap());
+    assert_eq!(big["status"], 413);
+    assert_eq!(big["method"], "POST");
+    assert_eq!(big["service"], "web");
+    assert_eq!(big["error"], "request body too large");
+    assert_eq!(big["attempts"], 0);
+}
