@@ -25,7 +25,7 @@ use http::header::{HeaderValue, HOST, REFERER, USER_AGENT};
 use http::{Method, Request, Uri, Version};
 use prometheus::IntCounter;
 
-use crate::config::{AccessLogConfig, AccessLogFormat};
+use crate::config::AccessLogConfig;
 
 /// Lines that may wait for the writer; beyond this they are dropped.
 const QUEUE_LINES: usize = 16 * 1024;
@@ -115,10 +115,6 @@ impl AccessLog {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
     }
-
-    pub fn format(&self) -> AccessLogFormat {
-        self.config.format
-    }
 }
 
 /// The access log in force, swapped by reloads.
@@ -188,11 +184,6 @@ impl AccessLogSwitch {
             }
         }
         let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    }
-
-    /// Whether a log is in force.
-    pub fn is_on(&self) -> bool {
-        self.current.load().is_some()
     }
 
     /// Start the line of a request; `None` (and no allocation) when the log is off.

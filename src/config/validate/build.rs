@@ -8,19 +8,16 @@ use std::net::SocketAddr;
 
 use toml::Spanned;
 
+use super::access_log::access_log;
 use super::addresses::{parse_listen, parse_net};
 use super::ctx::{take, Ctx};
 use super::defaults::{default_admin, default_alpn, default_proxy, default_registry};
-use super::raw::{
-    RawAccessLog, RawAccessLogFormat, RawAdmin, RawConfig, RawLogFormat, RawPriority, RawProxy,
-    RawRegistry, RawTls,
-};
+use super::raw::{RawAdmin, RawConfig, RawLogFormat, RawPriority, RawProxy, RawRegistry, RawTls};
 use super::services::{routes, service};
-use super::values::{non_empty, non_empty_path, parse_alpn, parse_store, read_env, NO_MAX};
+use super::values::{non_empty, parse_alpn, parse_store, read_env, NO_MAX};
 use crate::config::{
-    AccessLogConfig, AccessLogFormat, AccessLogTarget, AdminConfig, CertPair, Config,
-    ControlPriority, LogConfig, LogFormat, ProxyConfig, RegistryConfig, StoreConfig,
-    TlsListenerConfig,
+    AdminConfig, CertPair, Config, ControlPriority, LogConfig, LogFormat, ProxyConfig,
+    RegistryConfig, StoreConfig, TlsListenerConfig,
 };
 
 pub(super) fn build(cx: &mut Ctx, raw: &RawConfig) -> Config {
@@ -52,40 +49,6 @@ pub(super) fn build(cx: &mut Ctx, raw: &RawConfig) -> Config {
         routes: routes(cx, &raw.routes),
         log: LogConfig { format },
         access_log: raw.access_log.as_ref().map(|a| access_log(cx, a)),
-    }
-}
-
-/// `[access_log]`: present = on; `path` defaults to stdout, `format` to JSON.
-/// A file's folder must exist (the file itself is created when opened).
-fn access_log(cx: &mut Ctx, raw: &Spanned<RawAccessLog>) -> AccessLogConfig {
-    let format = match raw.get_ref().format {
-        Some(RawAccessLogFormat::Combined) => AccessLogFormat::Combined,
-        Some(RawAccessLogFormat::Json) | None => AccessLogFormat::Json,
-    };
-    let target = match &raw.get_ref().path {
-        None => AccessLogTarget::Stdout,
-        Some(p) if p.get_ref() == "stdout" => AccessLogTarget::Stdout,
-        Some(p) if p.get_ref() == "stderr" => AccessLogTarget::Stderr,
-        Some(p) => {
-            let base = cx.base.clone();
-            cx.check(p, "access_log.path", |s| access_log_file(s, &base))
-                .map_or(AccessLogTarget::Stdout, AccessLogTarget::File)
-        }
-    };
-    AccessLogConfig { target, format }
-}
-
-fn access_log_file(s: &str, base: &std::path::Path) -> Result<std::path::PathBuf, String> {
-    let path = non_empty_path(s, base)?;
-    if path.is_dir() {
-        return Err(format!("{} is a folder; name a file", path.display()));
-    }
-    match path.parent() {
-        Some(dir) if !dir.is_dir() => Err(format!(
-            "the folder {} does not exist (the log file is created, its folder is not)",
-            dir.display()
-        )),
-        _ => Ok(path),
     }
 }
 
