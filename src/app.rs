@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::AccessLogSwitch;
 use crate::admin::{AdminService, AdminState};
 use crate::config::{Config, StoreConfig};
 use crate::control::ControlPlane;
@@ -58,6 +59,8 @@ pub enum StartError {
     /// (the message names its endpoints).
     #[error("cannot load the registry: {0}")]
     SharedStore(#[from] crate::registry::SharedError),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(#[source] io::Error),
 }
 
 /// A bound, not yet serving, Switchyard.
@@ -82,6 +85,7 @@ pub struct App {
     control: ControlPlane,
     /// Cluster mode: the etcd revision the registry was loaded at.
     follow_from: Option<i64>,
+    access_log: Arc<AccessLogSwitch>,
 }
 
 impl App {
@@ -127,12 +131,17 @@ impl App {
         .await?;
         let http_builder = Arc::new(listener::http_builder(&config.proxy));
         let metrics = Metrics::new();
+        let access_log = Arc::new(AccessLogSwitch::new(metrics.access_log_dropped()));
+        access_log
+            .apply(config.access_log.as_ref())
+            .map_err(StartError::AccessLog)?;
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
         publisher.add_source(Arc::clone(&registry) as Arc<dyn BackendSource>);
         registry.set_routing_hook(RoutingToTable(Arc::downgrade(&publisher)));
         let certs = Arc::new(CertReloader::new(live_certs, metrics.clone()));
         let reloader = Reloader::new(Arc::clone(&publisher), metrics.clone(), config.path.clone())
-            .with_certificates(Arc::clone(&certs));
+            .with_certificates(Arc::clone(&certs))
+            .with_access_log(Arc::clone(&access_log));
         Ok(App {
             config,
             metrics,
@@ -147,6 +156,7 @@ impl App {
             ready: Arc::new(AtomicBool::new(false)),
             control,
             follow_from,
+            access_log,
         })
     }
 
@@ -183,6 +193,13 @@ impl App {
     pub fn reload_on_hangup(&self) {
         self.control
             .enter(|| crate::shutdown::reload_on_hangup(self.reloader()));
+    }
+
+    /// Reopen the access log file on every SIGUSR1 (logrotate's signal).
+    pub fn reopen_log_on_user1(&self) {
+        let access_log = Arc::clone(&self.access_log);
+        self.control
+            .enter(|| crate::shutdown::reopen_log_on_user1(access_log));
     }
 
     /// Serve until `shutdown` resolves, then drain and return.
@@ -239,6 +256,11 @@ impl App {
         if let Err(e) = self.registry.flush().await {
             tracing::error!(error = %e, "could not save the registry at shutdown");
         }
+        let access_log = Arc::clone(&self.access_log);
+        let _ = tokio::task::spawn_blocking(move || {
+            access_log.flush(std::time::Duration::from_secs(2))
+        })
+        .await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -293,6 +315,8 @@ impl App {
             max_body_bytes: cfg.max_body_bytes,
             max_header_bytes: cfg.max_header_bytes,
             tls,
+            access_log: Arc::clone(&self.access_log),
+            unrouted: self.metrics.unrouted(),
         }
     }
 

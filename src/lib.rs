@@ -33,8 +33,11 @@
 //!   cluster mode), the `register` client.
 //! - [`reload`]: config reloads from SIGHUP, file changes and the admin API.
 //! - [`shutdown`]: process signals.
+//! - [`access_log`]: the access log (queue, writer thread, JSON and combined lines).
+//! - [`request_id`]: `X-Request-Id`, kept or generated.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod backend;
@@ -48,6 +51,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod reload;
+pub mod request_id;
 pub mod request_path;
 pub mod routing;
 pub mod shutdown;

@@ -147,6 +147,7 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     app.reload_on_hangup();
+    app.reopen_log_on_user1();
     match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -10,11 +10,14 @@
 use std::sync::{Arc, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::backend::{Backend, BackendCounters};
+use crate::backend::{Backend, BackendCounters, Health};
+
+/// The values of `switchyard_backend_state`'s `state` label; exactly one is 1.
+const BACKEND_STATES: [&str; 5] = ["ready", "unknown", "unhealthy", "ejected", "draining"];
 
 /// Buckets for request durations: 1 ms to 30 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -40,6 +43,37 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     registry_store_up: IntGauge,
     tls_reloads: IntCounterVec,
+    backend_state: IntGaugeVec,
+    unrouted: IntCounterVec,
+    access_log_dropped: IntCounter,
+    last_reload_successful: IntGauge,
+    last_reload_success_time: Gauge,
+}
+
+/// `switchyard_unrouted_requests_total`: requests answered before a route
+/// was found (404 no route, and the 400/431 refusals checked before routing).
+#[derive(Debug)]
+pub struct UnroutedMetrics {
+    requests: IntCounterVec,
+    /// Index = status code − 100, resolved on first use.
+    by_code: Box<[OnceLock<IntCounter>]>,
+}
+
+impl UnroutedMetrics {
+    pub fn count(&self, status: u16) {
+        let Some(slot) = status
+            .checked_sub(100)
+            .and_then(|i| self.by_code.get(usize::from(i)))
+        else {
+            return;
+        };
+        slot.get_or_init(|| {
+            let digits = status_digits(status);
+            let code = std::str::from_utf8(&digits).unwrap_or("000");
+            self.requests.with_label_values(&[code])
+        })
+        .inc();
+    }
 }
 
 /// One listener's connection handles, resolved when it starts.
@@ -185,8 +219,37 @@ impl Metrics {
                 "Reloads of a TLS listener's certificates (config reload or file change), by result.",
                 &["result"],
             ),
+            backend_state: gauge_vec(
+                "switchyard_backend_state",
+                "1 for the backend's current state (ready, unknown, unhealthy, ejected, \
+                 draining; the first that applies from the right), 0 for the others.",
+                &["service", "backend", "state"],
+            ),
+            unrouted: counter_vec(
+                "switchyard_unrouted_requests_total",
+                "Requests answered before a route was found (404 no route, 400, 431), by status code.",
+                &["code"],
+            ),
+            access_log_dropped: IntCounter::new(
+                "switchyard_access_log_dropped_total",
+                "Access-log lines dropped: the writer's queue was full or the write failed.",
+            )
+            .expect("static metric definition"),
+            last_reload_successful: IntGauge::new(
+                "switchyard_config_last_reload_successful",
+                "1 if the last config load or reload succeeded, 0 if it was rejected.",
+            )
+            .expect("static metric definition"),
+            last_reload_success_time: Gauge::new(
+                "switchyard_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load or reload.",
+            )
+            .expect("static metric definition"),
             registry,
         };
+        // The start-up load is the first successful one.
+        m.last_reload_successful.set(1);
+        m.last_reload_success_time.set(unix_now());
         let build_info = gauge_vec(
             "switchyard_build_info",
             "Always 1; the version label names the build.",
@@ -209,8 +272,21 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        m.register_process_collector();
         m
     }
+
+    /// The standard `process_*` metrics (CPU, memory, open fds, start time), from /proc.
+    #[cfg(target_os = "linux")]
+    fn register_process_collector(&self) {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = self.registry.register(Box::new(collector)) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn register_process_collector(&self) {}
 
     fn collectors(&self) -> impl Iterator<Item = Box<dyn prometheus::core::Collector>> {
         let list: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -229,6 +305,11 @@ impl Metrics {
             Box::new(self.config_reloads.clone()),
             Box::new(self.registry_store_up.clone()),
             Box::new(self.tls_reloads.clone()),
+            Box::new(self.backend_state.clone()),
+            Box::new(self.unrouted.clone()),
+            Box::new(self.access_log_dropped.clone()),
+            Box::new(self.last_reload_successful.clone()),
+            Box::new(self.last_reload_success_time.clone()),
         ];
         list.into_iter()
     }
@@ -269,6 +350,11 @@ impl Metrics {
                 .remove_label_values(&[service, backend, result]);
         }
         let _ = self.backend_up.remove_label_values(&[service, backend]);
+        for state in BACKEND_STATES {
+            let _ = self
+                .backend_state
+                .remove_label_values(&[service, backend, state]);
+        }
         let _ = self.backend_active.remove_label_values(&[service, backend]);
         let _ = self.ejections.remove_label_values(&[service, backend]);
     }
@@ -305,9 +391,28 @@ impl Metrics {
         })
     }
 
+    /// Count a reload; also sets `switchyard_config_last_reload_successful`
+    /// and, on success, its timestamp.
     pub fn count_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.config_reloads.with_label_values(&[result]).inc();
+        self.last_reload_successful.set(i64::from(ok));
+        if ok {
+            self.last_reload_success_time.set(unix_now());
+        }
+    }
+
+    /// `switchyard_unrouted_requests_total`'s handles.
+    pub fn unrouted(&self) -> Arc<UnroutedMetrics> {
+        Arc::new(UnroutedMetrics {
+            requests: self.unrouted.clone(),
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    /// `switchyard_access_log_dropped_total`.
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
     }
 
     /// `switchyard_tls_reloads_total{result="success"|"failure"}`.
@@ -326,6 +431,12 @@ impl Metrics {
             self.backend_up
                 .with_label_values(&labels)
                 .set(i64::from(b.is_ready()));
+            let current = backend_state(b);
+            for state in BACKEND_STATES {
+                self.backend_state
+                    .with_label_values(&[&*b.service, &*b.address, state])
+                    .set(i64::from(state == current));
+            }
         }
         let mut out = Vec::with_capacity(8192);
         let families = self.registry.gather();
@@ -334,6 +445,28 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The one state a backend is reported in: draining (taking no new
+/// requests) over ejected over its health; "ready" only when it may be picked.
+fn backend_state(b: &Backend) -> &'static str {
+    if !b.takes_new_requests() {
+        "draining"
+    } else if b.is_ejected() {
+        "ejected"
+    } else {
+        match b.health() {
+            Health::Healthy => "ready",
+            Health::Unknown => "unknown",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Default for Metrics {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Mutex;
 
+use crate::access_log::AccessLogSwitch;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::table::Publisher;
@@ -29,6 +30,8 @@ pub enum ReloadError {
     Invalid(#[source] ConfigErrors),
     #[error("reload task failed")]
     Task(#[source] tokio::task::JoinError),
+    #[error("cannot open the new access log ({0}); the running config is unchanged")]
+    AccessLog(#[source] std::io::Error),
 }
 
 impl ReloadError {
@@ -53,6 +56,8 @@ pub struct Reloader {
     applied: Arc<std::sync::Mutex<Option<u64>>>,
     /// The TLS listeners' certificates, re-read on every applied reload.
     certs: Option<Arc<CertReloader>>,
+    /// The access log, re-pointed by each applied config.
+    access_log: Option<Arc<AccessLogSwitch>>,
 }
 
 /// Quiet time after the last file event before the file is read: one save
@@ -73,12 +78,19 @@ impl Reloader {
             serial: Arc::new(Mutex::new(())),
             applied: Arc::new(std::sync::Mutex::new(applied)),
             certs: None,
+            access_log: None,
         }
     }
 
     /// Also reload these certificates whenever a config is applied.
     pub fn with_certificates(mut self, certs: Arc<CertReloader>) -> Reloader {
         self.certs = Some(certs);
+        self
+    }
+
+    /// Reloads also turn the access log on, off, or to a new file or format.
+    pub fn with_access_log(mut self, access_log: Arc<AccessLogSwitch>) -> Reloader {
+        self.access_log = Some(access_log);
         self
     }
 
@@ -126,6 +138,16 @@ impl Reloader {
         loaded: Result<Config, ConfigErrors>,
         stamp: u64,
     ) -> Result<(), ReloadError> {
+        let loaded = loaded.map_err(ReloadError::Invalid).and_then(|config| {
+            // First, because it is the one step that can still fail: a log
+            // file that cannot be opened rejects the reload as a whole.
+            match &self.access_log {
+                Some(log) => log.apply(config.access_log.as_ref()),
+                None => Ok(()),
+            }
+            .map(|()| config)
+            .map_err(ReloadError::AccessLog)
+        });
         match loaded {
             Ok(config) => {
                 self.warn_about_fixed_settings(&config);
@@ -141,13 +163,18 @@ impl Reloader {
                 tracing::info!(trigger, "config reloaded");
                 Ok(())
             }
-            Err(errors) => {
+            Err(ReloadError::Invalid(errors)) => {
                 self.metrics.count_reload(false);
                 tracing::error!(
                     trigger,
                     "config reload rejected; keeping the running config:\n{errors}"
                 );
                 Err(ReloadError::Invalid(errors))
+            }
+            Err(other) => {
+                self.metrics.count_reload(false);
+                tracing::error!(trigger, "config reload rejected: {other}");
+                Err(other)
             }
         }
     }

@@ -1,5 +1,9 @@
-//! Process signals: SIGTERM/SIGINT start a graceful drain, SIGHUP reloads.
+//! Process signals: SIGTERM/SIGINT start a graceful drain, SIGHUP reloads,
+//! SIGUSR1 reopens the access log file.
 
+use std::sync::Arc;
+
+use crate::access_log::AccessLogSwitch;
 use crate::reload::Reloader;
 
 /// Installs the SIGTERM and SIGINT handlers *now* (so a signal that arrives
@@ -37,6 +41,23 @@ pub fn reload_on_hangup(reloader: Reloader) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = reloader.reload("SIGHUP").await;
+        }
+    });
+}
+
+/// Reopen the access log file on every SIGUSR1, for as long as the process runs.
+pub fn reopen_log_on_user1(access_log: Arc<AccessLogSwitch>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGUSR1; the access log file is never reopened");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            access_log.reopen();
         }
     });
 }

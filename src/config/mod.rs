@@ -37,6 +37,8 @@ pub struct Config {
     /// Routes in file order; precedence is decided by `routing`, not by order.
     pub routes: Vec<RouteConfig>,
     pub log: LogConfig,
+    /// `[access_log]`; `None` = no access log.
+    pub access_log: Option<AccessLogConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -338,6 +340,32 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LogConfig {
     pub format: LogFormat,
+}
+
+/// Where access-log lines go and how they look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Default stdout.
+    pub target: AccessLogTarget,
+    /// Default JSON.
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Stderr,
+    /// Absolute (a relative path is relative to the config file's folder);
+    /// opened for appending, created if missing, reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// NGINX/Apache `combined`, then Switchyard's fields as `key="value"` pairs.
+    Combined,
 }
 
 impl Default for ServiceConfig {

@@ -42,6 +42,8 @@ pub(super) struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub log: RawLog,
+    /// `[access_log]`: absent = no access log.
+    pub access_log: Option<Spanned<RawAccessLog>>,
 }
 
 /// `[proxy]`.
@@ -272,6 +274,21 @@ pub(super) struct RawLog {
 pub(super) enum RawLogFormat {
     Text,
     Json,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccessLog {
+    pub path: Option<Text>,
+    pub format: Option<RawAccessLogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawAccessLogFormat {
+    Json,
+    Combined,
 }
 
 #[cfg(test)]

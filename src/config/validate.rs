@@ -19,6 +19,7 @@
 //! backend and listen host names (`ToSocketAddrs`, first address), and
 //! reading services' `tls_ca` files ([`upstream_tls`]).
 
+mod access_log;
 mod addresses;
 mod build;
 mod certificates;

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::access_log::Pending;
 use crate::backend::ActiveGuard;
 use crate::metrics::ServiceMetrics;
 
@@ -103,20 +105,23 @@ pub enum UpstreamBody {
         /// 0 = unlimited.
         limit: u64,
         seen: u64,
+        /// The access log's count of bytes received (only while it is on).
+        tally: Option<Arc<AtomicU64>>,
     },
 }
 
 impl UpstreamBody {
     /// The client's body, limited to `limit` bytes (0 = unlimited), aborted
     /// after `idle_timeout` without progress; kept replayable up to `replay`
-    /// bytes.
+    /// bytes; the bytes read are added to `tally` when given.
     pub fn from_client(
         inner: Incoming,
         idle_timeout: Duration,
         limit: u64,
         replay: u64,
+        tally: Option<Arc<AtomicU64>>,
     ) -> UpstreamBody {
-        match UpstreamBody::stream(inner, idle_timeout, limit) {
+        match UpstreamBody::stream(inner, idle_timeout, limit, tally) {
             UpstreamBody::Empty => UpstreamBody::Empty,
             stream => UpstreamBody::Replay(ReplayBody::new(stream, replay)),
         }
@@ -131,7 +136,12 @@ impl UpstreamBody {
         }
     }
 
-    fn stream(inner: Incoming, idle_timeout: Duration, limit: u64) -> UpstreamBody {
+    fn stream(
+        inner: Incoming,
+        idle_timeout: Duration,
+        limit: u64,
+        tally: Option<Arc<AtomicU64>>,
+    ) -> UpstreamBody {
         if inner.is_end_stream() {
             return UpstreamBody::Empty;
         }
@@ -140,6 +150,7 @@ impl UpstreamBody {
             idle: IdleTimer::new(idle_timeout),
             limit,
             seen: 0,
+            tally,
         }
     }
 }
@@ -161,10 +172,15 @@ impl Body for UpstreamBody {
                 idle,
                 limit,
                 seen,
+                tally,
             } => {
                 let frame = ready!(poll_with_idle(Pin::new(inner), idle, cx));
                 if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-                    *seen += data.map_or(0, |d| d.len() as u64);
+                    let len = data.map_or(0, |d| d.len() as u64);
+                    *seen += len;
+                    if let Some(tally) = tally {
+                        tally.fetch_add(len, Ordering::Relaxed);
+                    }
                     if *limit > 0 && *seen > *limit {
                         return Poll::Ready(Some(Err(BodyError::TooLarge(*limit))));
                     }
@@ -336,6 +352,8 @@ pub struct RequestGuard {
     pub active: ActiveGuard,
     pub metrics: Arc<ServiceMetrics>,
     pub started: Instant,
+    /// The request's access-log line, written when the guard drops.
+    pub log: Option<Pending>,
 }
 
 impl Drop for RequestGuard {
@@ -367,6 +385,14 @@ impl ProxyBody {
         ProxyBody::Local(None)
     }
 
+    /// The request guard of a backend's body, to hand it the access-log line.
+    pub fn guard_mut(&mut self) -> Option<&mut RequestGuard> {
+        match self {
+            ProxyBody::Upstream { guard, .. } => guard.as_mut(),
+            ProxyBody::Local(_) => None,
+        }
+    }
+
     pub fn upstream(inner: Incoming, idle_timeout: Duration, guard: RequestGuard) -> ProxyBody {
         ProxyBody::Upstream {
             inner,
@@ -388,6 +414,11 @@ impl Body for ProxyBody {
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream { inner, idle, guard } => {
                 let frame = ready!(poll_with_idle(Pin::new(inner), idle, cx));
+                if let (Some(Ok(f)), Some(log)) =
+                    (&frame, guard.as_mut().and_then(|g| g.log.as_mut()))
+                {
+                    log.add_sent(f.data_ref().map_or(0, |d| d.len() as u64));
+                }
                 if !matches!(frame, Some(Ok(_))) {
                     // End of stream or failure: the request is over now, not
                     // whenever hyper drops the body.

@@ -22,6 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,9 +34,12 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 
+use crate::access_log::{AccessLogSwitch, Pending};
 use crate::backend::{ActiveGuard, Backend};
 use crate::config::UpstreamProtocol;
 use crate::log_throttle::{is_out_of_descriptors, Throttle};
+use crate::metrics::UnroutedMetrics;
+use crate::request_id;
 use crate::request_path;
 use crate::routing::{self, Route};
 use crate::table::{Publisher, Service, SharedTable, Table};
@@ -65,6 +69,10 @@ pub struct Proxy {
     pub max_header_bytes: usize,
     /// `https` on TLS listeners.
     pub tls: bool,
+    /// The access log in force (reloads swap it).
+    pub access_log: Arc<AccessLogSwitch>,
+    /// Requests answered before a route was found.
+    pub unrouted: Arc<UnroutedMetrics>,
 }
 
 /// The per-connection service: the shared proxy plus what is known of the peer.
@@ -77,6 +85,7 @@ pub struct ProxyService {
 /// The client end of a connection, rendered once at accept.
 #[derive(Debug)]
 struct Peer {
+    addr: SocketAddr,
     ip: HeaderValue,
     trusted: bool,
 }
@@ -90,6 +99,7 @@ impl ProxyService {
         ProxyService {
             proxy,
             peer: Arc::new(Peer {
+                addr: peer,
                 ip: rendered,
                 trusted,
             }),
@@ -115,44 +125,107 @@ struct Forwarding<'t> {
     /// The client body was not consumed: a local answer must close the connection.
     unread_body: bool,
     http1: bool,
+    /// Attempts sent so far, and the ready-slice index of the last one's
+    /// backend (`usize::MAX`: none), for the access log.
+    attempts: AtomicU32,
+    last_backend: AtomicUsize,
+    /// The access log's count of request body bytes (only while it is on).
+    received: Option<Arc<AtomicU64>>,
+}
+
+impl Forwarding<'_> {
+    fn note_attempt(&self, index: usize) {
+        let n = self.attempts.load(Ordering::Relaxed);
+        self.attempts.store(n + 1, Ordering::Relaxed);
+        self.last_backend.store(index, Ordering::Relaxed);
+    }
+
+    /// Tell the access-log line where the request went.
+    fn report(&self, log: &mut Pending) {
+        let backend = self
+            .service
+            .ready
+            .get(self.last_backend.load(Ordering::Relaxed));
+        log.attempted(
+            self.attempts.load(Ordering::Relaxed),
+            backend.map(|b| &b.address),
+        );
+    }
 }
 
 impl ProxyService {
-    async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Every request: its id first (kept or generated, sent to the backend
+    /// and returned to the client), then the answer; the access-log line is
+    /// written when the response body ends, or at once for a local answer.
+    async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        let request_id = request_id::ensure(req.headers_mut());
+        let mut log = self
+            .proxy
+            .access_log
+            .begin(&req, self.peer.addr, &request_id, started);
+        let mut resp = self.answer(req, started, &mut log).await;
+        resp.headers_mut().insert(request_id::HEADER, request_id);
+        resp
+    }
+
+    async fn answer(
+        &self,
+        req: Request<Incoming>,
+        started: Instant,
+        log: &mut Option<Pending>,
+    ) -> Response<ProxyBody> {
         let http1 = req.version() <= Version::HTTP_11;
         let unread_body = !req.body().is_end_stream();
         if let Err(why) = headers::check_framing(req.version(), req.headers()) {
-            return ProxyError::BadRequest(why).into_response(true);
+            return self.unrouted(ProxyError::BadRequest(why), true, log);
         }
         if self.proxy.max_header_bytes < HYPER_MIN_BUF
             && headers::head_size(req.method(), req.uri(), req.headers())
                 > self.proxy.max_header_bytes
         {
-            return ProxyError::HeadersTooLarge.into_response(http1);
+            return self.unrouted(ProxyError::HeadersTooLarge, http1, log);
         }
         let table: Arc<Table> = self.proxy.table.load_full();
         let path = request_path::normalise(req.uri().path(), table.routes.merge_slashes);
         let Some(route) = find_route(&table, &req, &path.path) else {
-            return ProxyError::NoRoute.into_response(unread_body && http1);
+            return self.unrouted(ProxyError::NoRoute, unread_body && http1, log);
         };
         if path.ambiguous && !route.allow_ambiguous_paths {
             let why = "the path holds an ambiguous encoding (%2f, %5c, %00 or \\)";
-            return ProxyError::BadRequest(why).into_response(unread_body && http1);
+            return self.unrouted(ProxyError::BadRequest(why), unread_body && http1, log);
         }
         let normalised = match path.path {
             Cow::Owned(path) => Some(path),
             Cow::Borrowed(_) => None,
         };
         let service = &table.services[route.service];
+        let received = log.as_mut().and_then(|log| {
+            log.routed(&service.name);
+            unread_body.then(|| log.received_counter())
+        });
         let fwd = Forwarding {
             service,
             started,
             unread_body,
             http1,
+            attempts: AtomicU32::new(0),
+            last_backend: AtomicUsize::new(usize::MAX),
+            received,
         };
         match self.forward(&fwd, route, normalised, req).await {
-            Ok(resp) => resp,
+            Ok(mut resp) => {
+                if let Some(mut line) = log.take() {
+                    fwd.report(&mut line);
+                    line.answered(resp.status().as_u16(), None);
+                    match resp.body_mut().guard_mut() {
+                        Some(guard) => guard.log = Some(line),
+                        // An upgrade: logged at the switch (the tunnel may last hours).
+                        None => *log = Some(line),
+                    }
+                }
+                resp
+            }
             Err(err) => {
                 let status = err.status();
                 service.metrics.count_response(status.as_u16());
@@ -161,9 +234,23 @@ impl ProxyService {
                     .duration
                     .observe(started.elapsed().as_secs_f64());
                 tracing::debug!(service = %service.name, error = %err, "answered locally");
-                err.into_response(fwd.unread_body && fwd.http1)
+                if let Some(line) = log {
+                    fwd.report(line);
+                }
+                local_answer(err, fwd.unread_body && fwd.http1, log)
             }
         }
+    }
+
+    /// A local answer before any route: counted in `switchyard_unrouted_requests_total`.
+    fn unrouted(
+        &self,
+        err: ProxyError,
+        close: bool,
+        log: &mut Option<Pending>,
+    ) -> Response<ProxyBody> {
+        self.proxy.unrouted.count(err.status().as_u16());
+        local_answer(err, close, log)
     }
 
     async fn forward(
@@ -199,6 +286,7 @@ impl ProxyService {
             self.proxy.body_idle_timeout,
             max,
             fwd.service.settings.retry.buffer_bytes,
+            fwd.received.clone(),
         );
         let template = RequestTemplate {
             method: parts.method,
@@ -351,6 +439,7 @@ async fn send_with_retries(
     loop {
         let index = pick(service, &mut tried, retries > 0)?;
         tried.push(index);
+        fwd.note_attempt(index);
         let backend = &service.ready[index];
         let guard = backend.start_request();
         let attempt_body = body.again().unwrap_or(UpstreamBody::Empty);
@@ -476,6 +565,7 @@ fn finish_response(
         active,
         metrics: Arc::clone(&service.metrics),
         started: fwd.started,
+        log: None,
     };
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
     let backend_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
@@ -498,6 +588,19 @@ fn finish_response(
         _ => ProxyBody::upstream(body, body_idle_timeout, guard),
     };
     Response::from_parts(parts, body)
+}
+
+/// Switchyard's own answer, told to the access-log line (written when the
+/// caller drops it, right after).
+fn local_answer(err: ProxyError, close: bool, log: &mut Option<Pending>) -> Response<ProxyBody> {
+    let status = err.status().as_u16();
+    let reason = err.reason();
+    let resp = err.into_response(close);
+    if let Some(line) = log {
+        line.answered(status, Some(reason));
+        line.add_sent(resp.body().size_hint().exact().unwrap_or(0));
+    }
+    resp
 }
 
 /// Copy bytes both ways between an upgraded client and backend connection;

@@ -25,8 +25,12 @@
 //! are counted live in [`FakeBackend::body_bytes`].
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod pki;
+pub mod promtool;
 pub mod registry_api;
+#[allow(unused_imports)]
+pub use logs::*;
 #[allow(unused_imports)]
 pub use registry_api::*;
 

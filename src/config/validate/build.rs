@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use toml::Spanned;
 
+use super::access_log::access_log;
 use super::addresses::{parse_listen, parse_net};
 use super::ctx::{take, Ctx};
 use super::defaults::{default_admin, default_alpn, default_proxy, default_registry};
@@ -47,6 +48,7 @@ pub(super) fn build(cx: &mut Ctx, raw: &RawConfig) -> Config {
         registry,
         routes: routes(cx, &raw.routes),
         log: LogConfig { format },
+        access_log: raw.access_log.as_ref().map(|a| access_log(cx, a)),
     }
 }
 

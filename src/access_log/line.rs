@@ -1,0 +1,233 @@
+//! Formatting one [`Entry`] as a line: JSON (one object, fixed keys) or
+//! NGINX's `combined` followed by Switchyard's own fields. Runs on the
+//! writer thread, never on the request path.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::HeaderValue;
+use http::Version;
+
+use super::Entry;
+use crate::config::AccessLogFormat;
+
+/// Append `entry` as one line (with its `\n`) to `out`.
+pub fn write(out: &mut Vec<u8>, entry: &Entry, format: AccessLogFormat) {
+    match format {
+        AccessLogFormat::Json => json(out, entry),
+        AccessLogFormat::Combined => combined(out, entry),
+    }
+}
+
+fn json(out: &mut Vec<u8>, e: &Entry) {
+    let time = Civil::from(e.time);
+    // Writes into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{{\"time\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\",\"client\":\"{}\",\"method\":",
+        time.year, time.month, time.day, time.hour, time.minute, time.second, time.millis, e.client
+    );
+    json_str(out, e.method.as_str().as_bytes());
+    out.extend_from_slice(b",\"host\":");
+    json_opt(out, e.host.as_ref().map(HeaderValue::as_bytes));
+    out.extend_from_slice(b",\"path\":");
+    json_str(out, target(e).as_bytes());
+    let _ = write!(
+        out,
+        ",\"protocol\":\"{}\",\"status\":{},\"bytes_received\":{},\"bytes_sent\":{},\"duration_ms\":{:.3},\"service\":",
+        protocol(e.version),
+        e.status,
+        e.received,
+        e.sent,
+        e.duration.as_secs_f64() * 1000.0
+    );
+    json_opt(out, e.service.as_deref().map(str::as_bytes));
+    out.extend_from_slice(b",\"backend\":");
+    json_opt(out, e.backend.as_deref().map(str::as_bytes));
+    let _ = write!(out, ",\"attempts\":{},\"error\":", e.attempts);
+    json_opt(out, e.error.map(str::as_bytes));
+    out.extend_from_slice(b",\"user_agent\":");
+    json_opt(out, e.user_agent.as_ref().map(HeaderValue::as_bytes));
+    out.extend_from_slice(b",\"referer\":");
+    json_opt(out, e.referer.as_ref().map(HeaderValue::as_bytes));
+    out.extend_from_slice(b",\"request_id\":");
+    json_str(out, e.request_id.as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
+/// A JSON string; bytes that are not UTF-8 (header values may hold any
+/// octet) become U+FFFD.
+fn json_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let _ = serde_json::to_writer(&mut *out, text.as_ref());
+}
+
+fn json_opt(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) => json_str(out, b),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `combined`: `$remote_addr - $remote_user [$time_local] "$request" $status
+/// $body_bytes_sent "$http_referer" "$http_user_agent"`, then ` key="value"`
+/// pairs (host, service, backend, attempts, bytes_received, duration in
+/// seconds, error, request_id); `-` stands for an absent value, as in NGINX.
+fn combined(out: &mut Vec<u8>, e: &Entry) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t = Civil::from(e.time);
+    let month = MONTHS[usize::from(t.month.clamp(1, 12)) - 1];
+    let _ = write!(
+        out,
+        "{} - - [{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000] \"",
+        e.client.ip().to_canonical(),
+        t.day,
+        month,
+        t.year,
+        t.hour,
+        t.minute,
+        t.second
+    );
+    escaped(out, e.method.as_str().as_bytes());
+    out.push(b' ');
+    escaped(out, target(e).as_bytes());
+    let _ = write!(out, " {}\" {} {} \"", protocol(e.version), e.status, e.sent);
+    quoted_body(out, e.referer.as_ref().map(HeaderValue::as_bytes));
+    out.extend_from_slice(b"\" \"");
+    quoted_body(out, e.user_agent.as_ref().map(HeaderValue::as_bytes));
+    out.extend_from_slice(b"\" host=\"");
+    quoted_body(out, e.host.as_ref().map(HeaderValue::as_bytes));
+    out.extend_from_slice(b"\" service=\"");
+    quoted_body(out, e.service.as_deref().map(str::as_bytes));
+    out.extend_from_slice(b"\" backend=\"");
+    quoted_body(out, e.backend.as_deref().map(str::as_bytes));
+    let _ = write!(
+        out,
+        "\" attempts={} bytes_received={} duration={:.6} error=\"",
+        e.attempts,
+        e.received,
+        e.duration.as_secs_f64()
+    );
+    quoted_body(out, e.error.map(str::as_bytes));
+    out.extend_from_slice(b"\" request_id=\"");
+    escaped(out, e.request_id.as_bytes());
+    out.extend_from_slice(b"\"\n");
+}
+
+fn quoted_body(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) if !b.is_empty() => escaped(out, b),
+        _ => out.push(b'-'),
+    }
+}
+
+/// NGINX's escaping of logged values: `"`, `\`, control bytes and bytes
+/// above 0x7e become `\xHH`, so a value can never end its field or the line.
+fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// The request target as received: path and query, or the whole URI when it
+/// has none (CONNECT's authority form).
+fn target(e: &Entry) -> std::borrow::Cow<'_, str> {
+    match e.uri.path_and_query() {
+        Some(pq) => pq.as_str().into(),
+        None => e.uri.to_string().into(),
+    }
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// A UTC calendar time, to the millisecond.
+#[derive(Debug, PartialEq, Eq)]
+struct Civil {
+    year: i64,
+    month: u8,
+    day: u8,
+    hour: u8,
+    minute: u8,
+    second: u8,
+    millis: u16,
+}
+
+impl From<SystemTime> for Civil {
+    fn from(t: SystemTime) -> Civil {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+        let of_day = secs % 86_400;
+        Civil {
+            year,
+            month,
+            day,
+            hour: (of_day / 3600) as u8,
+            minute: (of_day / 60 % 60) as u8,
+            second: (of_day % 60) as u8,
+            millis: since.subsec_millis() as u16,
+        }
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn calendar_matches_humantime() {
+        for secs in [
+            0u64,
+            951_782_400,
+            1_709_164_800,
+            1_796_300_000,
+            4_102_444_799,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(secs * 1000 + 7);
+            let c = Civil::from(t);
+            let ours = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
+            );
+            assert_eq!(ours, humantime::format_rfc3339_millis(t).to_string());
+        }
+    }
+
+    #[test]
+    fn combined_escapes_quotes_and_controls() {
+        let mut out = Vec::new();
+        escaped(&mut out, b"a\"b\\c\nd\xff");
+        assert_eq!(out, b"a\\x22b\\x5Cc\\x0Ad\\xFF");
+    }
+}
