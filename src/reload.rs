@@ -38,6 +38,16 @@ impl ReloadError {
     }
 }
 
+/// How the last reload went, for the dashboard.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    pub ok: bool,
+    pub at: std::time::SystemTime,
+    pub trigger: &'static str,
+    /// Empty when `ok`; one line per problem otherwise.
+    pub errors: Vec<String>,
+}
+
 /// Cloneable handle that performs reloads.
 #[derive(Debug, Clone)]
 pub struct Reloader {
@@ -48,6 +58,8 @@ pub struct Reloader {
     /// Fingerprint of the file text the running config came from, so the
     /// watcher reloads only real changes (and catches one made before it started).
     applied: Arc<std::sync::Mutex<Option<u64>>>,
+    /// The last reload's outcome; `None` until one happens.
+    last: Arc<std::sync::Mutex<Option<LastReload>>>,
 }
 
 /// Quiet time after the last file event before the file is read: one save
@@ -67,6 +79,7 @@ impl Reloader {
             path,
             serial: Arc::new(Mutex::new(())),
             applied: Arc::new(std::sync::Mutex::new(applied)),
+            last: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -117,6 +130,9 @@ impl Reloader {
         match loaded {
             Ok(config) => {
                 self.warn_about_fixed_settings(&config);
+                for warning in &config.warnings {
+                    tracing::warn!(trigger, "config warning: {warning}");
+                }
                 self.publisher.apply_config(Arc::new(config));
                 self.metrics.count_reload(true);
                 *self
@@ -124,17 +140,44 @@ impl Reloader {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stamp);
                 tracing::info!(trigger, "config reloaded");
+                self.remember(trigger, Vec::new());
                 Ok(())
             }
-            Err(errors) => {
+            Err(invalid) => {
                 self.metrics.count_reload(false);
+                // One line, whatever the log format: line-based tools
+                // (grep, journald, log shippers) must see the whole reason.
+                let errors: Vec<String> = invalid.0.iter().map(ToString::to_string).collect();
                 tracing::error!(
                     trigger,
-                    "config reload rejected; keeping the running config:\n{errors}"
+                    errors = errors.join("; "),
+                    "config reload rejected; keeping the running config"
                 );
-                Err(ReloadError::Invalid(errors))
+                self.remember(trigger, errors);
+                Err(ReloadError::Invalid(invalid))
             }
         }
+    }
+
+    /// The last reload's outcome (`None` when none happened since start-up).
+    pub fn last_reload(&self) -> Option<LastReload> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn remember(&self, trigger: &'static str, errors: Vec<String>) {
+        let outcome = LastReload {
+            ok: errors.is_empty(),
+            at: std::time::SystemTime::now(),
+            trigger,
+            errors,
+        };
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outcome);
     }
 
     fn applied_stamp(&self) -> Option<u64> {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use validate::{ConfigError, ConfigErrors};
+pub use validate::{ConfigError, ConfigErrors, Purpose};
 
 /// Where the embedded default puts the proxy listener.
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8080";
@@ -37,6 +37,10 @@ pub struct Config {
     /// Routes in file order; precedence is decided by `routing`, not by order.
     pub routes: Vec<RouteConfig>,
     pub log: LogConfig,
+    /// What the load found worth saying that is not an error (same
+    /// `FILE:LINE:COL: KEY: MESSAGE` form), in file order. `check` prints
+    /// them, `serve` logs them at start-up and on every reload.
+    pub warnings: Vec<ConfigError>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -334,6 +338,12 @@ impl Config {
     /// Read, parse and validate a file. Every problem found is returned at once.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         validate::load_file(path)
+    }
+
+    /// [`Config::load`] for `switchyard check`: the same checks, except that
+    /// an unset `admin.token_env` variable is a warning, not an error.
+    pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, ConfigErrors> {
+        validate::load_file_for(path, purpose)
     }
 
     /// Parse and validate the text of the config file at `path` (already

@@ -12,8 +12,9 @@ use super::addresses::{parse_listen, parse_net};
 use super::ctx::{take, Ctx};
 use super::defaults::{default_admin, default_alpn, default_proxy, default_registry};
 use super::raw::{RawAdmin, RawConfig, RawLogFormat, RawPriority, RawProxy, RawRegistry, RawTls};
-use super::services::{routes, service};
+use super::services::{routes, service, warn_undeclared_services};
 use super::values::{non_empty, parse_alpn, parse_store, read_env, NO_MAX};
+use super::Purpose;
 use crate::config::{
     AdminConfig, CertPair, Config, ControlPriority, LogConfig, LogFormat, ProxyConfig,
     RegistryConfig, StoreConfig, TlsListenerConfig,
@@ -39,14 +40,17 @@ pub(super) fn build(cx: &mut Ctx, raw: &RawConfig) -> Config {
         // machine could hold one back past its lease.
         admin.priority = ControlPriority::Normal;
     }
+    let routes = routes(cx, &raw.routes);
+    warn_undeclared_services(cx, &raw.routes, &services);
     Config {
         path: None,
         proxy,
         admin,
         services,
         registry,
-        routes: routes(cx, &raw.routes),
+        routes,
         log: LogConfig { format },
+        warnings: Vec::new(),
     }
 }
 
@@ -169,6 +173,15 @@ fn admin_token(cx: &mut Ctx, raw: &RawAdmin) -> Option<String> {
             None
         }
         (Some(token), None) => cx.check(token, "admin.token", |t| non_empty(t)),
+        (None, Some(env)) if cx.purpose == Purpose::Check => {
+            // `check` runs where the secret may not be (CI, an image build):
+            // say so, and let `serve` make it an error where it runs.
+            if let Err(message) = read_env(env.get_ref()) {
+                let message = format!("{message}; `serve` refuses to start without it");
+                cx.warn(Some(env.span()), "admin.token_env", message);
+            }
+            None
+        }
         (None, Some(env)) => cx.check(env, "admin.token_env", |name| read_env(name)),
         (None, None) => None,
     }

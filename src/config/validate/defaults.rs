@@ -23,6 +23,7 @@ pub(in crate::config) fn embedded_default() -> Config {
         services: BTreeMap::new(),
         routes: Vec::new(),
         log: LogConfig::default(),
+        warnings: Vec::new(),
     }
 }
 

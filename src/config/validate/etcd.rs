@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::ctx::Ctx;
 use super::raw::{RawEtcd, Text};
-use super::values::{non_empty_path, parse_duration, read_env};
+use super::values::{non_empty_path, read_env};
 use crate::config::{EtcdConfig, EtcdTls};
 
 /// Default `dial_timeout`.
@@ -76,11 +76,10 @@ pub(super) fn settings(
         );
     }
     let tls = tls(cx, raw, &base);
-    let dial_timeout = cx.val(
+    let dial_timeout = cx.dur(
         raw.dial_timeout.as_ref(),
         "registry.etcd.dial_timeout",
         DIAL_TIMEOUT,
-        |s| parse_duration(s, false),
     );
     EtcdConfig {
         endpoints,
