@@ -74,8 +74,10 @@ struct RegisterArgs {
     /// The admin API, like http://127.0.0.1:9091.
     #[arg(long)]
     admin: String,
+    /// The service to join (1–128 characters of A-Z a-z 0-9 . _ -).
     #[arg(long)]
     service: String,
+    /// The instance id, unique within the service (same characters).
     #[arg(long)]
     id: String,
     /// Where the instance listens: HOST:PORT.

@@ -42,13 +42,13 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 /// The largest value a duration key accepts, and how to write it. By the
 /// key's last segment: check intervals and ramp-ups at most an hour (a
 /// longer interval means a dead backend stays in rotation for hours);
-/// timeouts, ejections and leases at most a day; anything else (a cookie's
+/// timeouts and ejections at most a day; anything else (a lease, a cookie's
 /// lifetime, say) at most a year.
 pub(super) fn duration_ceiling(key: &str) -> (Duration, &'static str) {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     match leaf {
         "interval" | "slow_start" => (HOUR, "1h"),
-        "base_ejection" | "default_ttl" => (DAY, "24h"),
+        "base_ejection" => (DAY, "24h"),
         leaf if leaf.ends_with("timeout") => (DAY, "24h"),
         _ => (365 * DAY, "365d"),
     }
