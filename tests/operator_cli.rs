@@ -405,3 +405,40 @@ async fn a_rejected_reload_is_logged_on_one_line() {
     // The running config is unchanged.
     assert_eq!(get(proc.proxy(), "/web/").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_treats_an_unset_etcd_password_variable_as_a_warning_too() {
+    let text = loopback_config(
+        "[registry]\nstore = \"etcd://127.0.0.1:1/switchyard\"\n\n[registry.etcd]\n\
+         username = \"switchyard\"\npassword_env = \"SWITCHYARD_TEST_ETCD_PASSWORD_UNSET\"\n",
+    );
+    let config = ConfigFile::new(&text);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_in(dir.path(), &["check", &config.path_str()], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("password_env"))
+        .unwrap()
+        + 1;
+    let err = stderr(&out);
+    assert!(
+        has_located_line(
+            &err,
+            &config.path_str(),
+            line,
+            16,
+            "registry.etcd.password_env"
+        ),
+        "{err}"
+    );
+    assert!(err.starts_with("warning: "), "{err}");
+    // serve refuses it before trying to reach etcd.
+    let out = run_in(dir.path(), &["serve", "--config", &config.path_str()], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("registry.etcd.password_env") && err.contains("is not set"),
+        "{err}"
+    );
+}

@@ -13,8 +13,7 @@ use super::ctx::{take, Ctx};
 use super::defaults::{default_admin, default_alpn, default_proxy, default_registry};
 use super::raw::{RawAdmin, RawConfig, RawLogFormat, RawPriority, RawProxy, RawRegistry, RawTls};
 use super::services::{routes, service, warn_undeclared_services};
-use super::values::{non_empty, parse_alpn, parse_store, read_env, NO_MAX};
-use super::Purpose;
+use super::values::{non_empty, parse_alpn, parse_store, NO_MAX};
 use crate::config::{
     AdminConfig, CertPair, Config, ControlPriority, LogConfig, LogFormat, ProxyConfig,
     RegistryConfig, StoreConfig, TlsListenerConfig,
@@ -173,16 +172,7 @@ fn admin_token(cx: &mut Ctx, raw: &RawAdmin) -> Option<String> {
             None
         }
         (Some(token), None) => cx.check(token, "admin.token", |t| non_empty(t)),
-        (None, Some(env)) if cx.purpose == Purpose::Check => {
-            // `check` runs where the secret may not be (CI, an image build):
-            // say so, and let `serve` make it an error where it runs.
-            if let Err(message) = read_env(env.get_ref()) {
-                let message = format!("{message}; `serve` refuses to start without it");
-                cx.warn(Some(env.span()), "admin.token_env", message);
-            }
-            None
-        }
-        (None, Some(env)) => cx.check(env, "admin.token_env", |name| read_env(name)),
+        (None, Some(env)) => cx.secret_env(env, "admin.token_env"),
         (None, None) => None,
     }
 }

@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::absolute;
 use super::errors::{line_col, ConfigError, ConfigErrors};
 use super::raw::{Int, Text};
-use super::values::{duration_ceiling, in_range, non_empty_path, parse_duration};
+use super::values::{duration_ceiling, in_range, non_empty_path, parse_duration, read_env};
 use super::Purpose;
 use crate::config::Config;
 
@@ -156,6 +156,21 @@ impl<'a> Ctx<'a> {
     /// at most the key's ceiling.
     pub(super) fn dur0(&mut self, v: Option<&Text>, key: &str, d: Duration) -> Duration {
         self.val(v, key, d, |s| bounded_duration(s, true, key))
+    }
+
+    /// A secret read from the environment variable `v` names. Unset or
+    /// empty is an error, except for `check` ([`Purpose::Check`]): the
+    /// machine that lints a config (CI, an image build) rarely holds the
+    /// server's secrets, so there it is a warning and the value is `None`.
+    pub(super) fn secret_env(&mut self, v: &Text, key: &str) -> Option<String> {
+        if self.purpose != Purpose::Check {
+            return self.check(v, key, |name| read_env(name));
+        }
+        if let Err(message) = read_env(v.get_ref()) {
+            let message = format!("{message}; `serve` refuses to start without it");
+            self.warn(Some(v.span()), key, message);
+        }
+        None
     }
 
     /// An optional duration with no default (`None` when absent or wrong).
