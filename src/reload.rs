@@ -129,10 +129,10 @@ impl Reloader {
     ) -> Result<(), ReloadError> {
         match loaded {
             Ok(config) => {
-                self.warn_about_fixed_settings(&config);
                 for warning in &config.warnings {
                     tracing::warn!(trigger, "config warning: {warning}");
                 }
+                self.warn_about_fixed_settings(&config);
                 self.publisher.apply_config(Arc::new(config));
                 self.metrics.count_reload(true);
                 *self
