@@ -175,3 +175,27 @@ async fn v1_dashboard_has_everything_the_page_shows_in_one_answer() {
     assert_eq!(body["last_reload"]["result"], "ok", "{body}");
     assert_eq!(body["last_reload"]["errors"], serde_json::json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_non_loopback_admin_the_snapshot_needs_the_token_and_the_page_does_not() {
+    let toml = "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[admin]\nlisten = \"0.0.0.0:0\"\n\
+                token = \"dash-secret\"\n";
+    let app = start_app(toml).await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], app.admin.port()));
+    for path in ["/", "/dashboard.js", "/dashboard.css"] {
+        assert_eq!(get(admin, path).await.status, StatusCode::OK, "{path}");
+    }
+    let resp = get(admin, "/v1/dashboard").await;
+    assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
+    assert!(resp.text().contains("bearer token"), "{}", resp.text());
+    let with_token = Http::new()
+        .send(
+            request(http::Method::GET, admin, "/v1/dashboard")
+                .header("authorization", "Bearer dash-secret")
+                .body(empty())
+                .expect("request"),
+        )
+        .await
+        .expect("admin answers");
+    assert_eq!(with_token.status, StatusCode::OK);
+}

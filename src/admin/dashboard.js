@@ -65,6 +65,7 @@ function figures(name) {
   const seconds = (latest.at - oldest.at) / 1000;
   const requests = now.requests - then.requests;
   const errors = now.errors - then.errors;
+  if (requests < 0 || errors < 0) return null; // counters restarted (a new process): wait for the next sample
   const sameBuckets = then.duration.buckets.length === now.duration.buckets.length;
   return {
     seconds,
