@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::absolute;
 use super::errors::{line_col, ConfigError, ConfigErrors};
 use super::raw::{Int, Text};
-use super::values::{duration_ceiling, in_range, non_empty_path, parse_duration, read_env};
+use super::values::{duration_ceiling, in_range, non_empty_path, parse_duration_within, read_env};
 use super::Purpose;
 use crate::config::Config;
 
@@ -249,15 +249,10 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// [`parse_duration`], then the key's ceiling: a value past it is almost
-/// always a typo (`"100000000000h"`), and timers that far out overflow.
+/// A duration within the key's ceiling ([`duration_ceiling`]): a value past
+/// it is almost always a typo (`"100000000000h"`).
 fn bounded_duration(s: &str, zero_ok: bool, key: &str) -> Result<Duration, String> {
-    let d = parse_duration(s, zero_ok)?;
-    let (ceiling, spelled) = duration_ceiling(key);
-    if d > ceiling {
-        return Err(format!("must be at most {spelled}, got `{s}`"));
-    }
-    Ok(d)
+    parse_duration_within(s, zero_ok, duration_ceiling(key))
 }
 
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
