@@ -1,11 +1,11 @@
-//! The `switchyard` command: serve, check, register, version. Only wiring lives here:
+//! The `switchyard` command: serve, check, register, completions, version. Only wiring lives here:
 //! parse the command line, set up logging, load the config, build the
 //! runtime, and turn any start-up failure into one line and a non-zero exit.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use switchyard::app::App;
 use switchyard::config::{Config, LogFormat};
 use switchyard::registry::client::RegisterOptions;
@@ -15,8 +15,11 @@ use switchyard::registry::client::RegisterOptions;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Where `serve` looks for a config when none is given.
+/// Where `serve` and `check` look for a config when neither `--config` nor
+/// `$SWITCHYARD_CONFIG` names one.
 const DEFAULT_CONFIG: &str = "config/switchyard.toml";
+/// The environment variable that stands in for `--config`.
+const CONFIG_ENV: &str = "SWITCHYARD_CONFIG";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,17 +46,27 @@ enum Command {
     /// Run the proxy.
     Serve {
         /// Config file; defaults to ./config/switchyard.toml if it exists, else the embedded default.
-        #[arg(long)]
+        #[arg(long, env = CONFIG_ENV, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Validate a config file: exit 0 when valid, 1 with every error on stderr.
+    /// Validate a config file: exit 0 when valid (warnings on stderr), 1 with every error on stderr.
     Check {
-        #[arg(long)]
-        config: PathBuf,
+        /// Config file; defaults to ./config/switchyard.toml.
+        #[arg(long, env = CONFIG_ENV, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The config file, as a positional argument (`switchyard check FILE`); wins over --config.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
     },
     /// Register an instance with a running Switchyard; with --heartbeat keep
     /// its lease alive until SIGINT/SIGTERM, then deregister.
     Register(RegisterArgs),
+    /// Print a shell completion script, e.g.
+    /// `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,8 +74,10 @@ struct RegisterArgs {
     /// The admin API, like http://127.0.0.1:9091.
     #[arg(long)]
     admin: String,
+    /// The service to join (1–128 characters of A-Z a-z 0-9 . _ -).
     #[arg(long)]
     service: String,
+    /// The instance id, unique within the service (same characters).
     #[arg(long)]
     id: String,
     /// Where the instance listens: HOST:PORT.
@@ -83,18 +98,44 @@ struct RegisterArgs {
 }
 
 fn main() -> ExitCode {
+    // An empty SWITCHYARD_CONFIG (`SWITCHYARD_CONFIG= switchyard serve`)
+    // means "not set", as for the shells' own variables; clap would call it
+    // a missing value. Nothing else runs yet, so changing the environment is safe.
+    if std::env::var_os(CONFIG_ENV).is_some_and(|v| v.is_empty()) {
+        std::env::remove_var(CONFIG_ENV);
+    }
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, file } => check(file.or(config)),
         Command::Serve { config } => serve(config, cli.log_format),
         Command::Register(args) => register(args, cli.log_format),
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "switchyard", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: Option<PathBuf>) -> ExitCode {
+    let path = path.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    check_file(&path)
+}
+
+fn check_file(path: &Path) -> ExitCode {
+    if !path.exists() {
+        eprintln!(
+            "switchyard check: no config file at {}; pass --config FILE or set {CONFIG_ENV}",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
     // Like `nginx -t`, also loads every certificate and key.
     match Config::check_file(path) {
-        Ok(_) => {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -126,6 +167,9 @@ fn serve(path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {
     match &path {
         Some(p) => tracing::info!(config = %p.display(), "config loaded"),
         None => tracing::info!("no config file; running on the embedded default"),
+    }
+    for warning in &config.warnings {
+        tracing::warn!("config warning: {warning}");
     }
     let runtime = match build_runtime(config.proxy.workers) {
         Ok(rt) => rt,

@@ -44,6 +44,16 @@ impl ReloadError {
     }
 }
 
+/// How the last reload went, for the dashboard.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    pub ok: bool,
+    pub at: std::time::SystemTime,
+    pub trigger: &'static str,
+    /// Empty when `ok`; one line per problem otherwise.
+    pub errors: Vec<String>,
+}
+
 /// Cloneable handle that performs reloads.
 #[derive(Debug, Clone)]
 pub struct Reloader {
@@ -58,6 +68,8 @@ pub struct Reloader {
     certs: Option<Arc<CertReloader>>,
     /// The access log, re-pointed by each applied config.
     access_log: Option<Arc<AccessLogSwitch>>,
+    /// The last reload's outcome; `None` until one happens.
+    last: Arc<std::sync::Mutex<Option<LastReload>>>,
 }
 
 /// Quiet time after the last file event before the file is read: one save
@@ -79,6 +91,7 @@ impl Reloader {
             applied: Arc::new(std::sync::Mutex::new(applied)),
             certs: None,
             access_log: None,
+            last: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -150,6 +163,9 @@ impl Reloader {
         });
         match loaded {
             Ok(config) => {
+                for warning in &config.warnings {
+                    tracing::warn!(trigger, "config warning: {warning}");
+                }
                 self.warn_about_fixed_settings(&config);
                 if let Some(certs) = &self.certs {
                     certs.apply_config(&config);
@@ -161,22 +177,50 @@ impl Reloader {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stamp);
                 tracing::info!(trigger, "config reloaded");
+                self.remember(trigger, Vec::new());
                 Ok(())
             }
-            Err(ReloadError::Invalid(errors)) => {
+            Err(ReloadError::Invalid(invalid)) => {
                 self.metrics.count_reload(false);
+                // One line, whatever the log format: line-based tools
+                // (grep, journald, log shippers) must see the whole reason.
+                let errors: Vec<String> = invalid.0.iter().map(ToString::to_string).collect();
                 tracing::error!(
                     trigger,
-                    "config reload rejected; keeping the running config:\n{errors}"
+                    errors = errors.join("; "),
+                    "config reload rejected; keeping the running config"
                 );
-                Err(ReloadError::Invalid(errors))
+                self.remember(trigger, errors);
+                Err(ReloadError::Invalid(invalid))
             }
             Err(other) => {
                 self.metrics.count_reload(false);
                 tracing::error!(trigger, "config reload rejected: {other}");
+                self.remember(trigger, vec![other.to_string()]);
                 Err(other)
             }
         }
+    }
+
+    /// The last reload's outcome (`None` when none happened since start-up).
+    pub fn last_reload(&self) -> Option<LastReload> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn remember(&self, trigger: &'static str, errors: Vec<String>) {
+        let outcome = LastReload {
+            ok: errors.is_empty(),
+            at: std::time::SystemTime::now(),
+            trigger,
+            errors,
+        };
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outcome);
     }
 
     fn applied_stamp(&self) -> Option<u64> {

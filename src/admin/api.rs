@@ -1,11 +1,13 @@
-//! The /v1 endpoints: reload, service discovery (`discovery`) and the
+//! The /v1 endpoints: reload, the dashboard's snapshot, service discovery (`discovery`) and the
 //! registry's registration endpoints (`instances`).
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::{discovery, error, instances, json, method_not_allowed, AdminResponse, AdminState};
+use super::{
+    dashboard, discovery, error, instances, json, method_not_allowed, AdminResponse, AdminState,
+};
 use crate::backend::Backend;
 
 pub async fn handle(
@@ -20,6 +22,10 @@ pub async fn handle(
         ["reload"] => match *method {
             Method::POST => reload(state).await,
             _ => method_not_allowed("POST"),
+        },
+        ["dashboard"] => match *method {
+            Method::GET | Method::HEAD => dashboard::snapshot(state),
+            _ => method_not_allowed("GET"),
         },
         ["services"] => match *method {
             Method::GET | Method::HEAD => discovery::list(state, query).await,

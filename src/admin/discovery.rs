@@ -146,6 +146,36 @@ pub async fn show(state: &AdminState, name: &str, query: Option<&str>) -> AdminR
     indexed(body, snapshot.index)
 }
 
+/// Every service with every instance, as `GET /v1/services/{service}`
+/// lists each, plus the `healthy` count: the dashboard's one read per refresh.
+pub(super) fn all(state: &AdminState) -> Vec<Value> {
+    let snapshot = state.registry.snapshot();
+    let table = state.publisher.table().load_full();
+    let config = state.publisher.config();
+    let mut services: BTreeMap<&str, Value> = BTreeMap::new();
+    let names = table
+        .services
+        .iter()
+        .map(|s| &*s.name)
+        .chain(snapshot.services().map(|(name, _)| &**name));
+    for name in names {
+        let service = table.service(name).map(|s| &**s);
+        let rows = rows(service, name, &snapshot);
+        if rows.is_empty() && service.is_none() {
+            continue;
+        }
+        let instances: Vec<Value> = rows.iter().map(Row::to_json).collect();
+        let detail = json!({
+            "name": name,
+            "balance": balance(service, name, &config),
+            "healthy": rows.iter().filter(|r| r.is_ready()).count(),
+            "instances": instances,
+        });
+        services.insert(name, detail);
+    }
+    services.into_values().collect()
+}
+
 /// With `index`, wait (bounded by `wait`) until the registry moves past it.
 async fn block(state: &AdminState, query: &Query) -> Arc<Snapshot> {
     if let Some(index) = query.index {

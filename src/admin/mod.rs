@@ -9,6 +9,7 @@ mod api;
 mod dashboard;
 mod discovery;
 mod instances;
+mod stats;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -50,6 +51,7 @@ pub struct AdminService {
 
 impl AdminService {
     pub fn new(state: Arc<AdminState>) -> AdminService {
+        dashboard::mark_start();
         AdminService { state }
     }
 }
@@ -73,6 +75,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> AdminResponse {
     let method = req.method().clone();
     match segments.as_slice() {
         [""] => only_get(&method, dashboard::page),
+        ["dashboard.js"] => only_get(&method, dashboard::script),
+        ["dashboard.css"] => only_get(&method, dashboard::style),
         ["healthz"] => only_get(&method, || text(StatusCode::OK, "ok\n")),
         ["readyz"] => only_get(&method, || readiness(state)),
         ["metrics"] => only_get(&method, || metrics(state)),

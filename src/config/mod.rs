@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use validate::{ConfigError, ConfigErrors};
+pub use validate::{ConfigError, ConfigErrors, Purpose};
 
 /// Where the embedded default puts the proxy listener.
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8080";
@@ -39,6 +39,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[access_log]`; `None` = no access log.
     pub access_log: Option<AccessLogConfig>,
+    /// What the load found worth saying that is not an error (same
+    /// `FILE:LINE:COL: KEY: MESSAGE` form), in file order. `check` prints
+    /// them, `serve` logs them at start-up and on every reload.
+    pub warnings: Vec<ConfigError>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -387,6 +391,12 @@ impl Config {
     /// the `cert` or `key` value, naming the file).
     pub fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
         validate::check_file(path)
+    }
+
+    /// [`Config::load`] for `switchyard check`: the same checks, except that
+    /// an unset `admin.token_env` variable is a warning, not an error.
+    pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, ConfigErrors> {
+        validate::load_file_for(path, purpose)
     }
 
     /// Parse and validate the text of the config file at `path` (already

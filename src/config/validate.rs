@@ -15,6 +15,9 @@
 //! - Shape and value errors are returned together, sorted by position
 //!   ([`errors`] has the types and their `FILE:LINE:COL: KEY: MESSAGE` form).
 //!
+//! - Warnings (a route to a service no table declares; in `check`, a
+//!   missing token variable) go to `Config.warnings` and never fail a load.
+//!
 //! The only I/O is reading the file, reading `admin.token_env`, resolving
 //! backend and listen host names (`ToSocketAddrs`, first address), and
 //! reading services' `tls_ca` files ([`upstream_tls`]).
@@ -46,8 +49,23 @@ use ctx::Ctx;
 pub(super) use defaults::{default_service, embedded_default};
 pub use errors::{ConfigError, ConfigErrors};
 
+/// What a load is for. `Check` (the `switchyard check` command) reports a
+/// missing `admin.token_env` variable as a warning: the machine that lints a
+/// config (CI, an image build) rarely holds the secrets the server will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Purpose {
+    #[default]
+    Serve,
+    Check,
+}
+
 /// Reads `path`, then [`parse_str`]; `Config.path` is set to the absolute path.
 pub(super) fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_for(path, Purpose::Serve)
+}
+
+/// [`load_file`] for a given [`Purpose`].
+pub(super) fn load_file_for(path: &Path, purpose: Purpose) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -57,11 +75,14 @@ pub(super) fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
-    parse_file_text(&text, path)
+    let mut config = parse_str_for(&text, path, purpose)?;
+    config.path = Some(absolute(path));
+    Ok(config)
 }
 
-/// [`load_file`] plus the certificate pass of `switchyard check`
-/// ([`certificates`]): every error of both, in file order.
+/// [`load_file_for`] as `switchyard check` runs it (an unset token
+/// variable is a warning), plus its certificate pass ([`certificates`]):
+/// every error of both, in file order.
 pub(super) fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -72,7 +93,10 @@ pub(super) fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
-    let loaded = parse_file_text(&text, path);
+    let loaded = parse_str_for(&text, path, Purpose::Check).map(|mut config| {
+        config.path = Some(absolute(path));
+        config
+    });
     let cert_errors = certificates::check(&text, path);
     match loaded {
         Ok(config) if cert_errors.is_empty() => Ok(config),
@@ -95,8 +119,12 @@ pub(super) fn parse_file_text(text: &str, path: &Path) -> Result<Config, ConfigE
 /// Parses and validates `text`; `origin` names it in errors and anchors
 /// relative paths (its folder). `Config.path` stays `None`.
 pub(super) fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    parse_str_for(text, origin, Purpose::Serve)
+}
+
+fn parse_str_for(text: &str, origin: &Path, purpose: Purpose) -> Result<Config, ConfigErrors> {
     let shape = shape::read(text, origin).map_err(|e| ConfigErrors(vec![e]))?;
-    let mut cx = Ctx::new(origin, text, shape.errors, shape.dropped);
+    let mut cx = Ctx::new(origin, text, shape.errors, shape.dropped, purpose);
     let config = shape.raw.map(|raw| build::build(&mut cx, &raw));
     cx.finish(config)
 }

@@ -410,7 +410,7 @@ mod tests {
         let kept = task_ids(&sup);
         assert!(ids.contains(&kept[0]), "b's checker was restarted");
 
-        publisher.apply_config(config(&[b], Some("2h")));
+        publisher.apply_config(config(&[b], Some("30m")));
         reconcile(&mut sup);
         assert_eq!(sup.checked(), 1);
         assert_ne!(task_ids(&sup), kept, "new settings restart the checker");

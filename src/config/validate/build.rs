@@ -13,8 +13,8 @@ use super::addresses::{parse_listen, parse_net};
 use super::ctx::{take, Ctx};
 use super::defaults::{default_admin, default_alpn, default_proxy, default_registry};
 use super::raw::{RawAdmin, RawConfig, RawLogFormat, RawPriority, RawProxy, RawRegistry, RawTls};
-use super::services::{routes, service};
-use super::values::{non_empty, parse_alpn, parse_store, read_env, NO_MAX};
+use super::services::{routes, service, warn_undeclared_services};
+use super::values::{non_empty, parse_alpn, parse_store, NO_MAX};
 use crate::config::{
     AdminConfig, CertPair, Config, ControlPriority, LogConfig, LogFormat, ProxyConfig,
     RegistryConfig, StoreConfig, TlsListenerConfig,
@@ -40,15 +40,18 @@ pub(super) fn build(cx: &mut Ctx, raw: &RawConfig) -> Config {
         // machine could hold one back past its lease.
         admin.priority = ControlPriority::Normal;
     }
+    let routes = routes(cx, &raw.routes);
+    warn_undeclared_services(cx, &raw.routes, &services);
     Config {
         path: None,
         proxy,
         admin,
         services,
         registry,
-        routes: routes(cx, &raw.routes),
+        routes,
         log: LogConfig { format },
         access_log: raw.access_log.as_ref().map(|a| access_log(cx, a)),
+        warnings: Vec::new(),
     }
 }
 
@@ -172,7 +175,7 @@ fn admin_token(cx: &mut Ctx, raw: &RawAdmin) -> Option<String> {
             None
         }
         (Some(token), None) => cx.check(token, "admin.token", |t| non_empty(t)),
-        (None, Some(env)) => cx.check(env, "admin.token_env", |name| read_env(name)),
+        (None, Some(env)) => cx.secret_env(env, "admin.token_env"),
         (None, None) => None,
     }
 }

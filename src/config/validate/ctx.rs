@@ -14,7 +14,8 @@ use toml::Spanned;
 use super::absolute;
 use super::errors::{line_col, ConfigError, ConfigErrors};
 use super::raw::{Int, Text};
-use super::values::{in_range, non_empty_path, parse_duration};
+use super::values::{duration_ceiling, in_range, non_empty_path, parse_duration_within, read_env};
+use super::Purpose;
 use crate::config::Config;
 
 /// A listener address seen so far, for the overlap check.
@@ -32,6 +33,11 @@ pub(super) struct Ctx<'a> {
     /// The config file's folder (absolute when possible).
     pub(super) base: PathBuf,
     errors: Vec<ConfigError>,
+    /// Problems that do not stop a load (exit 0 in `check`), in file order.
+    warnings: Vec<ConfigError>,
+    /// What the load is for: `check` turns a few environment-dependent
+    /// errors into warnings (the machine that lints may lack the secrets).
+    pub(super) purpose: Purpose,
     /// Dotted keys the shape pass removed after an error of their own. Their
     /// checks see the default; checks that compare keys skip them so that a
     /// stand-in default never causes a second, misleading error.
@@ -61,6 +67,7 @@ impl<'a> Ctx<'a> {
         text: &'a str,
         errors: Vec<ConfigError>,
         dropped: Vec<String>,
+        purpose: Purpose,
     ) -> Self {
         let base = absolute(origin).parent().map(Path::to_path_buf);
         Ctx {
@@ -68,6 +75,8 @@ impl<'a> Ctx<'a> {
             text,
             base: base.unwrap_or_default(),
             errors,
+            warnings: Vec::new(),
+            purpose,
             dropped,
             bound: Vec::new(),
         }
@@ -79,14 +88,30 @@ impl<'a> Ctx<'a> {
         key: &str,
         message: impl Into<String>,
     ) {
+        let error = self.at(span, key, message.into());
+        self.errors.push(error);
+    }
+
+    /// A problem worth telling the operator that does not fail the load.
+    pub(super) fn warn(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) {
+        let warning = self.at(span, key, message.into());
+        self.warnings.push(warning);
+    }
+
+    fn at(&self, span: Option<Range<usize>>, key: &str, message: String) -> ConfigError {
         let (line, column) = span.map_or((0, 0), |s| line_col(self.text, s.start));
-        self.errors.push(ConfigError {
+        ConfigError {
             file: self.origin.to_path_buf(),
             line,
             column,
             key: key.to_owned(),
-            message: message.into(),
-        });
+            message,
+        }
     }
 
     /// Whether `key`, or a table or array above it, was dropped by the shape
@@ -121,14 +146,36 @@ impl<'a> Ctx<'a> {
         v.and_then(|v| self.check(v, key, f)).unwrap_or(d)
     }
 
-    /// A duration that must be greater than zero.
+    /// A duration that must be greater than zero, and at most the key's
+    /// ceiling ([`duration_ceiling`]).
     pub(super) fn dur(&mut self, v: Option<&Text>, key: &str, d: Duration) -> Duration {
-        self.val(v, key, d, |s| parse_duration(s, false))
+        self.val(v, key, d, |s| bounded_duration(s, false, key))
     }
 
-    /// A duration where zero means something ("no expiry", "don't wait").
+    /// A duration where zero means something ("no expiry", "don't wait"),
+    /// at most the key's ceiling.
     pub(super) fn dur0(&mut self, v: Option<&Text>, key: &str, d: Duration) -> Duration {
-        self.val(v, key, d, |s| parse_duration(s, true))
+        self.val(v, key, d, |s| bounded_duration(s, true, key))
+    }
+
+    /// A secret read from the environment variable `v` names. Unset or
+    /// empty is an error, except for `check` ([`Purpose::Check`]): the
+    /// machine that lints a config (CI, an image build) rarely holds the
+    /// server's secrets, so there it is a warning and the value is `None`.
+    pub(super) fn secret_env(&mut self, v: &Text, key: &str) -> Option<String> {
+        if self.purpose != Purpose::Check {
+            return self.check(v, key, |name| read_env(name));
+        }
+        if let Err(message) = read_env(v.get_ref()) {
+            let message = format!("{message}; `serve` refuses to start without it");
+            self.warn(Some(v.span()), key, message);
+        }
+        None
+    }
+
+    /// An optional duration with no default (`None` when absent or wrong).
+    pub(super) fn dur_opt(&mut self, v: Option<&Text>, key: &str) -> Option<Duration> {
+        v.and_then(|v| self.check(v, key, |s| bounded_duration(s, false, key)))
     }
 
     pub(super) fn int<T: TryFrom<i64>>(
@@ -189,13 +236,23 @@ impl<'a> Ctx<'a> {
     /// `None` config (the shape pass could not recover) always has errors.
     pub(super) fn finish(mut self, config: Option<Config>) -> Result<Config, ConfigErrors> {
         match config {
-            Some(config) if self.errors.is_empty() => Ok(config),
+            Some(mut config) if self.errors.is_empty() => {
+                self.warnings.sort_by_key(|e| (e.line, e.column));
+                config.warnings = self.warnings;
+                Ok(config)
+            }
             _ => {
                 self.errors.sort_by_key(|e| (e.line, e.column));
                 Err(ConfigErrors(self.errors))
             }
         }
     }
+}
+
+/// A duration within the key's ceiling ([`duration_ceiling`]): a value past
+/// it is almost always a typo (`"100000000000h"`).
+fn bounded_duration(s: &str, zero_ok: bool, key: &str) -> Result<Duration, String> {
+    parse_duration_within(s, zero_ok, duration_ceiling(key))
 }
 
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {

@@ -24,6 +24,7 @@ pub(in crate::config) fn embedded_default() -> Config {
         routes: Vec::new(),
         log: LogConfig::default(),
         access_log: None,
+        warnings: Vec::new(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::ctx::Ctx;
 use super::raw::{RawEtcd, Text};
-use super::values::{non_empty_path, parse_duration, read_env};
+use super::values::non_empty_path;
 use crate::config::{EtcdConfig, EtcdTls};
 
 /// Default `dial_timeout`.
@@ -62,7 +62,7 @@ pub(super) fn settings(
     let password = raw
         .password_env
         .as_ref()
-        .and_then(|v| cx.check(v, "registry.etcd.password_env", |name| read_env(name)));
+        .and_then(|v| cx.secret_env(v, "registry.etcd.password_env"));
     if username.is_some() != raw.password_env.is_some() {
         let span = raw
             .username
@@ -76,11 +76,10 @@ pub(super) fn settings(
         );
     }
     let tls = tls(cx, raw, &base);
-    let dial_timeout = cx.val(
+    let dial_timeout = cx.dur(
         raw.dial_timeout.as_ref(),
         "registry.etcd.dial_timeout",
         DIAL_TIMEOUT,
-        |s| parse_duration(s, false),
     );
     EtcdConfig {
         endpoints,

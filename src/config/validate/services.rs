@@ -3,6 +3,8 @@
 //! [`RouteConfig`]. Same rules as [`super::build`]: a failed check records its
 //! error in [`Ctx`] and yields the default.
 
+use std::collections::BTreeMap;
+
 use toml::Spanned;
 
 use super::addresses::{normalize_host, resolve_backend};
@@ -14,8 +16,8 @@ use super::raw::{
 };
 use super::upstream_tls::upstream_tls;
 use super::values::{
-    check_name, in_range, parse_duration, parse_header_host, parse_path, parse_retry_on,
-    parse_status_range, service_key, U32_MAX,
+    check_name, in_range, parse_header_host, parse_path, parse_retry_on, parse_status_range,
+    service_key, U32_MAX,
 };
 use crate::config::{
     BackendConfig, BalancePolicy, HealthCheckConfig, HealthCheckKind, OutlierConfig, RetryConfig,
@@ -35,12 +37,7 @@ pub(super) fn service(cx: &mut Ctx, name: &Text, raw: &RawService) -> ServiceCon
         RawProtocol::H2c => UpstreamProtocol::H2c,
         RawProtocol::Https => UpstreamProtocol::Https,
     });
-    let try_timeout = raw.try_timeout.as_ref();
-    let try_timeout = try_timeout.and_then(|t| {
-        cx.check(t, &format!("{key}.try_timeout"), |s| {
-            parse_duration(s, false)
-        })
-    });
+    let try_timeout = cx.dur_opt(raw.try_timeout.as_ref(), &format!("{key}.try_timeout"));
     let k = |leaf: &str| format!("{key}.{leaf}");
     ServiceConfig {
         balance,
@@ -218,6 +215,31 @@ pub(super) fn routes(cx: &mut Ctx, raw: &[RawRoute]) -> Vec<RouteConfig> {
         out.push(route);
     }
     out
+}
+
+/// A route may name a service no table declares (registrations can fill
+/// it), but more often the name is a typo (`"apii"`): say so, at the name.
+pub(super) fn warn_undeclared_services(
+    cx: &mut Ctx,
+    raw: &[RawRoute],
+    services: &BTreeMap<String, ServiceConfig>,
+) {
+    for (i, r) in raw.iter().enumerate() {
+        let name = r.service.get_ref();
+        if services.contains_key(name) || check_name(name).is_err() {
+            continue;
+        }
+        let message = format!(
+            "no [{}] table declares service `{name}`; the route answers 503 until an \
+             instance registers under that name",
+            service_key(name)
+        );
+        cx.warn(
+            Some(r.service.span()),
+            &format!("routes[{i}].service"),
+            message,
+        );
+    }
 }
 
 fn route(cx: &mut Ctx, key: &str, raw: &RawRoute) -> RouteConfig {

@@ -26,14 +26,52 @@ pub(super) fn in_range<T: TryFrom<i64>>(n: i64, range: &RangeInclusive<i64>) -> 
     })
 }
 
+/// A duration of at most a year: past that it is a typo (`"100000000000h"`),
+/// and timers that far out overflow. Keys with a tighter ceiling go through
+/// [`parse_duration_within`]. For checks that do not go through `Ctx::dur`
+/// (the balancing keys, merged from another branch, call it directly).
+#[cfg_attr(not(test), allow(dead_code))]
 pub(super) fn parse_duration(s: &str, zero_ok: bool) -> Result<Duration, String> {
+    parse_duration_within(s, zero_ok, (YEAR, "365d"))
+}
+
+/// A duration of at most `ceiling` (the value, and how to write it).
+pub(super) fn parse_duration_within(
+    s: &str,
+    zero_ok: bool,
+    (ceiling, spelled): (Duration, &str),
+) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| {
         format!("`{s}` is not a duration ({e}); write it like \"250ms\", \"2s\" or \"1m\"")
     })?;
     if d.is_zero() && !zero_ok {
         return Err(format!("must be greater than zero, got `{s}`"));
     }
+    if d > ceiling {
+        return Err(format!("must be at most {spelled}, got `{s}`"));
+    }
     Ok(d)
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest duration any key accepts ([`parse_duration`] enforces it).
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The largest value a duration key accepts, and how to write it. By the
+/// key's last segment: check intervals at most an hour (a longer interval
+/// means a dead backend stays in rotation for hours); timeouts and ejections
+/// at most a day; anything else (a lease, a ramp-up, a cookie's lifetime) at
+/// most a year, which every duration gets from [`parse_duration`] itself.
+pub(super) fn duration_ceiling(key: &str) -> (Duration, &'static str) {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    match leaf {
+        "interval" => (HOUR, "1h"),
+        "base_ejection" => (DAY, "24h"),
+        leaf if leaf.ends_with("timeout") => (DAY, "24h"),
+        _ => (YEAR, "365d"),
+    }
 }
 
 pub(super) fn parse_store(s: &str, base: &Path) -> Result<StoreConfig, String> {
@@ -160,5 +198,29 @@ pub(super) fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
             "`{s}` is not a retry condition: use \"connect_error\", \"reset\", \"timeout\" \
              or a 4xx/5xx status like \"503\""
         )),
+    }
+}
+
+#[cfg(test)]
+mod ceiling_tests {
+    use super::*;
+
+    #[test]
+    fn duration_keys_have_ceilings_by_their_last_segment() {
+        let ceiling = |key| duration_ceiling(key).0;
+        assert_eq!(ceiling("services.a.health_check.interval"), HOUR);
+        assert_eq!(ceiling("services.a.health_check.timeout"), DAY);
+        assert_eq!(ceiling("proxy.header_read_timeout"), DAY);
+        assert_eq!(ceiling("services.a.outlier.base_ejection"), DAY);
+        assert_eq!(ceiling("registry.default_ttl"), YEAR);
+        assert_eq!(ceiling("services.a.slow_start"), YEAR);
+    }
+
+    #[test]
+    fn no_duration_passes_a_year() {
+        assert_eq!(parse_duration("365d", false), Ok(YEAR));
+        let err = parse_duration("100000000000h", false).unwrap_err();
+        assert!(err.contains("at most 365d"), "{err}");
+        assert!(parse_duration("366d", true).is_err());
     }
 }
