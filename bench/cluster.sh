@@ -6,7 +6,11 @@
 # Environment: CLUSTER_BENCH_RUNS=N (default 1; each run on a fresh etcd and fresh nodes),
 #   SWITCHYARD_BENCH_NO_BUILD=1 (skip the build), CLUSTER_BENCH_KEEP=DIR (keep logs there),
 #   CARGO_TARGET_DIR (where the binaries are built and looked for), CLUSTER_BENCH_ETCD_NICE=N
-#   (run the etcd members at nice N: a control for how much etcd's own CPU moves the proxy).
+#   (run the etcd members at nice N: a control for how much etcd's own CPU moves the proxy),
+#   CLUSTER_BENCH_ETCD_CPUS / CLUSTER_BENCH_NODE_CPUS / CLUSTER_BENCH_CLIENT_CPUS=LIST (pin
+#   the etcd members / the two nodes / the client with `taskset -c LIST`; e.g. etcd on CPU 0
+#   stands in for etcd on machines of its own, as in production), CLUSTER_BENCH_PRIORITY=
+#   background|normal (the nodes' `[admin] priority`; unset: the cluster-mode default).
 # Needs etcd + etcdctl (Debian: etcd-server etcd-client), curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +61,13 @@ for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
+pin() { # LIST command...: exec under `taskset -c LIST`, or as is when LIST is empty.
+    # Execs, so a job started with `pin ... &` has the command's own pid in $!
+    # (CPU accounting reads /proc/PID/stat); run it in ( ) in the foreground.
+    local cpus=$1; shift
+    if [ -n "$cpus" ]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi
+}
+
 wait_for() { # what, command...: retry for up to 30 s
     local what=$1; shift
     for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -72,7 +83,7 @@ run_once() {
     local cluster="m1=http://127.0.0.1:$p1,m2=http://127.0.0.1:$p2,m3=http://127.0.0.1:$p3"
     local etcd_pids=()
     for i in 0 1 2; do
-        nice -n "${CLUSTER_BENCH_ETCD_NICE:-0}" etcd --name "m$((i + 1))" --data-dir "$dir/etcd-m$((i + 1))" \
+        pin "${CLUSTER_BENCH_ETCD_CPUS:-}" nice -n "${CLUSTER_BENCH_ETCD_NICE:-0}" etcd --name "m$((i + 1))" --data-dir "$dir/etcd-m$((i + 1))" \
             --listen-client-urls "http://127.0.0.1:${clients[i]}" \
             --advertise-client-urls "http://127.0.0.1:${clients[i]}" \
             --listen-peer-urls "http://127.0.0.1:${peers[i]}" \
@@ -94,6 +105,7 @@ run_once() {
 listen = ["127.0.0.1:$proxy"]
 [admin]
 listen = "127.0.0.1:$admin"
+${CLUSTER_BENCH_PRIORITY:+priority = \"$CLUSTER_BENCH_PRIORITY\"}
 [registry]
 store = "etcd://$endpoints/cluster-bench"
 [registry.etcd]
@@ -101,7 +113,7 @@ dial_timeout = "5s"
 [services.load]
 backends = ["127.0.0.1:$backend"]
 TOML
-        RUST_LOG=${CLUSTER_BENCH_LOG:-info} "$bin" serve --config "$dir/node-$name.toml" \
+        RUST_LOG=${CLUSTER_BENCH_LOG:-info} pin "${CLUSTER_BENCH_NODE_CPUS:-}" "$bin" serve --config "$dir/node-$name.toml" \
             >"$dir/node-$name.log" 2>&1 &
         pids+=($!)
         if [ $name = a ]; then a_pid=$!; else b_pid=$!; fi
@@ -111,10 +123,10 @@ TOML
     echo "etcd $(etcd --version | head -1 | cut -d' ' -f3) members on 127.0.0.1:{$c1,$c2,$c3}," \
         "leader: $(ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint status -w simple \
             | awk -F', ' '$5 == "true" {print $1}')"
-    "$example" --a-admin "127.0.0.1:$aa" --a-proxy "127.0.0.1:$pa" \
+    (pin "${CLUSTER_BENCH_CLIENT_CPUS:-}" "$example" --a-admin "127.0.0.1:$aa" --a-proxy "127.0.0.1:$pa" \
         --b-admin "127.0.0.1:$ab" --b-proxy "127.0.0.1:$pb" --backend "127.0.0.1:$backend" \
         --a-pid "$a_pid" --b-pid "$b_pid" \
-        --etcd "$endpoints" --etcd-pids "$(IFS=,; echo "${etcd_pids[*]}")" "$@"
+        --etcd "$endpoints" --etcd-pids "$(IFS=,; echo "${etcd_pids[*]}")" "$@")
     local warnings
     warnings=$(grep -ciE '"level":"(warn|error)"|WARN|ERROR' "$dir/node-a.log" "$dir/node-b.log" || true)
     echo "node logs, warning/error lines: $(echo "$warnings" | tr '\n' ' ')"
