@@ -20,6 +20,7 @@
 //! reading services' `tls_ca` files ([`upstream_tls`]).
 
 mod addresses;
+mod balancing;
 mod build;
 mod ctx;
 mod defaults;

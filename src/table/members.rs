@@ -18,6 +18,7 @@
 //! instance whose id looks like that address never collide.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use crate::backend::{Backend, Health, Source};
@@ -33,6 +34,8 @@ pub(super) struct Members {
     draining: Vec<Arc<Backend>>,
     /// Left in this rebuild; their metric series go in `finish`.
     gone: Vec<Arc<Backend>>,
+    /// Per service, the in-flight counter all its backends share.
+    loads: HashMap<Arc<str>, Arc<AtomicU32>>,
 }
 
 impl Members {
@@ -56,6 +59,10 @@ impl Members {
             self.retire(backend);
         }
         self.end_drains();
+        let draining: HashSet<&Arc<str>> = self.draining.iter().map(|b| &b.service).collect();
+        let live = &self.live;
+        self.loads
+            .retain(|name, _| live.contains_key(name) || draining.contains(name));
     }
 
     /// One service: two lists sorted by (source, id), walked together.
@@ -85,8 +92,9 @@ impl Members {
                     if let Some(moved) = moved {
                         self.retire(moved);
                     }
+                    let load = Arc::clone(self.loads.entry(Arc::clone(&d.service)).or_default());
                     self.revive(d)
-                        .unwrap_or_else(|| new_backend(d, checked, metrics))
+                        .unwrap_or_else(|| new_backend(d, checked, metrics, load))
                 }
             };
             merged.push(backend);
@@ -205,7 +213,12 @@ fn key(backend: &Backend) -> (Source, &str) {
 
 /// A new backend for `d`. With active checks it starts `Unknown` and takes no
 /// traffic until a check passes (SPEC §2).
-fn new_backend(d: &Declared, checked: bool, metrics: &Metrics) -> Arc<Backend> {
+fn new_backend(
+    d: &Declared,
+    checked: bool,
+    metrics: &Metrics,
+    load: Arc<AtomicU32>,
+) -> Arc<Backend> {
     let backend = Backend::new(
         Arc::clone(&d.service),
         Arc::clone(&d.id),
@@ -214,7 +227,8 @@ fn new_backend(d: &Declared, checked: bool, metrics: &Metrics) -> Arc<Backend> {
         d.weight,
         d.source,
         metrics.backend_counters(&d.service, &d.address),
-    );
+    )
+    .sharing_service_load(load);
     if checked {
         backend.set_health(Health::Unknown);
     }
