@@ -17,7 +17,9 @@
 //!   (one merge of every source's backends, a publish generation to wait on).
 //! - [`source`]: the `BackendSource` seam (config, registry): who says which backends exist.
 //! - [`backend`]: one upstream instance and its live atomics (in-flight, health).
-//! - [`balance`]: selection policies (round robin, least connections).
+//! - [`balance`]: selection policies (round robin, least connections, p2c_ewma, hash),
+//!   request keys and sticky cookies.
+//! - [`overrides`]: runtime weight and drain of one backend (`PATCH .../instances/{id}`).
 //! - [`health`]: active health checks — a supervisor, one checker task per backend, probes.
 //! - [`routing`]: host and path-prefix precedence.
 //! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
@@ -40,6 +42,7 @@ pub mod control;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod overrides;
 pub mod proxy;
 pub mod registry;
 pub mod reload;

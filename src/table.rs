@@ -27,6 +27,7 @@ use crate::routing::{RouteSpec, RouteTable};
 use crate::source::{merge_sorted, BackendSource, StaticSource};
 
 mod members;
+mod overrides;
 mod registered;
 
 /// One immutable snapshot of everything the request path reads.
@@ -146,6 +147,8 @@ struct State {
     /// Balancer cursors, so a rebuild does not restart round robin at the
     /// first backend (which, with frequent rebuilds, would favour it).
     cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
+    /// Runtime overrides (`PATCH`) of configured backends.
+    overrides: overrides::ConfiguredOverrides,
 }
 
 impl Publisher {
@@ -160,6 +163,7 @@ impl Publisher {
             service_metrics: HashMap::new(),
             budgets: HashMap::new(),
             cursors: HashMap::new(),
+            overrides: HashMap::new(),
         };
         let table = Arc::new(ArcSwap::from_pointee(state.rebuild()));
         Publisher {
@@ -388,6 +392,7 @@ impl State {
     fn merge_sources(&mut self, config: &Config) {
         let mut declared = Vec::new();
         StaticSource::declared(config, &mut declared);
+        overrides::apply(&mut self.overrides, &mut declared);
         for source in &self.sources {
             let mut more = Vec::new();
             source.declared(config, &mut more);

@@ -5,7 +5,8 @@
 //! sorted the same way, in one pass:
 //! - same key, same resolved address: keep the backend (its in-flight count,
 //!   health, ejection and metric handles), with the new weight and lease end
-//!   applied in place; it takes requests again if a departure had marked it;
+//!   admin drain applied in place; it takes requests again if a departure
+//!   had marked it;
 //! - a new key or a new address: a new backend, `Unknown` until its first
 //!   check passes when the service has active checks (SPEC §2), else healthy;
 //!   a draining backend declared again at its old address comes back instead;
@@ -82,6 +83,7 @@ impl Members {
             let backend = match old.next_if(|b| key(b) == d.key()) {
                 Some(kept) if kept.resolved == d.resolved => {
                     kept.set_weight(d.weight);
+                    kept.set_admin_drain(d.drain);
                     kept.set_lease_end(d.expires_at);
                     // Declared again after a departure this table had not
                     // yet seen: it takes requests again.
@@ -131,6 +133,7 @@ impl Members {
         let backend = self.draining.swap_remove(at);
         backend.set_draining(false);
         backend.set_weight(d.weight);
+        backend.set_admin_drain(d.drain);
         backend.set_lease_end(d.expires_at);
         Some(backend)
     }
@@ -233,5 +236,6 @@ fn new_backend(
         backend.set_health(Health::Unknown);
     }
     backend.set_lease_end(d.expires_at);
+    backend.set_admin_drain(d.drain);
     Arc::new(backend)
 }
