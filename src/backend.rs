@@ -232,10 +232,11 @@ impl Backend {
         100 + 900 * since / window_ms
     }
 
-    /// Move the ramp's start (tests; 0 = ramped long ago).
-    #[cfg(test)]
-    pub fn set_ramp_start(&self, at: u64) {
-        self.ramp_from.store(at, Ordering::Relaxed);
+    /// No ramp: a backend of the first table (HAProxy: slow start never
+    /// applies when the process starts; there is no traffic to protect).
+    /// Coming back later (from unhealthy or ejected) ramps as usual.
+    pub fn skip_ramp(&self) {
+        self.ramp_from.store(0, Ordering::Relaxed);
     }
 
     /// Start the `slow_start` ramp again (it came back).
@@ -251,10 +252,14 @@ impl Backend {
         Health::from_u8(self.health.load(Ordering::Relaxed))
     }
 
-    /// A backend that becomes healthy (again) starts its slow-start ramp.
+    /// A backend that comes back healthy starts its slow-start ramp; so
+    /// does a new one whose first check passes, unless it had no ramp (a
+    /// backend of the first table).
     pub fn set_health(&self, health: Health) {
         let before = self.health.swap(health as u8, Ordering::Relaxed);
-        if health == Health::Healthy && before != Health::Healthy as u8 {
+        let back = before == Health::Unhealthy as u8
+            || (before == Health::Unknown as u8 && self.ramp_from.load(Ordering::Relaxed) != 0);
+        if health == Health::Healthy && back {
             self.restart_ramp();
         }
     }

@@ -170,7 +170,7 @@ mod tests {
         let ready = vec![backend("127.0.0.1:9001", 1), backend("127.0.0.1:9002", 1)];
         let settings = testing::settings("slow_start = \"100s\"");
         let lc: LeastConn = testing::build(&ready, &settings, 3);
-        ready[0].set_ramp_start(0);
+        ready[0].skip_ramp();
         // 3 in flight on the warm one, 1 on the cold one (at ~10 % weight):
         // 3/1 < 1/0.1, so the warm one still takes the next request.
         let _warm: Vec<_> = (0..3).map(|_| ready[0].start_request()).collect();

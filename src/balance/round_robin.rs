@@ -251,8 +251,8 @@ mod tests {
         let settings = testing::settings("slow_start = \"100s\"");
         let rr: RoundRobin = testing::build(&ready, &settings, 7);
         // Two have been up for the whole window; the third just joined.
-        ready[0].set_ramp_start(0);
-        ready[1].set_ramp_start(0);
+        ready[0].skip_ramp();
+        ready[1].skip_ramp();
         let mut count = [0usize; 3];
         for _ in 0..30_000 {
             count[rr.pick(&PickContext::new(&ready, &[])).unwrap_or(0)] += 1;

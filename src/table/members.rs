@@ -37,6 +37,9 @@ pub(super) struct Members {
     gone: Vec<Arc<Backend>>,
     /// Per service, the in-flight counter all its backends share.
     loads: HashMap<Arc<str>, Arc<AtomicU32>>,
+    /// The first merge is done: backends created from now on join a running
+    /// proxy, and `slow_start` ramps them up.
+    seeded: bool,
 }
 
 impl Members {
@@ -64,6 +67,7 @@ impl Members {
         let live = &self.live;
         self.loads
             .retain(|name, _| live.contains_key(name) || draining.contains(name));
+        self.seeded = true;
     }
 
     /// One service: two lists sorted by (source, id), walked together.
@@ -95,8 +99,13 @@ impl Members {
                         self.retire(moved);
                     }
                     let load = Arc::clone(self.loads.entry(Arc::clone(&d.service)).or_default());
-                    self.revive(d)
-                        .unwrap_or_else(|| new_backend(d, checked, metrics, load))
+                    self.revive(d).unwrap_or_else(|| {
+                        let backend = new_backend(d, checked, metrics, load);
+                        if !self.seeded {
+                            backend.skip_ramp();
+                        }
+                        backend
+                    })
                 }
             };
             merged.push(backend);

@@ -26,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod registry_api;
+pub mod slow;
 #[allow(unused_imports)]
 pub use registry_api::*;
 
