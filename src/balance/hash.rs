@@ -208,33 +208,36 @@ mod tests {
         }
     }
 
-    /// Property (seeded, 40 random cases): removing one backend moves
-    /// exactly the keys it owned; every other key keeps its backend.
-    #[test]
-    fn removal_moves_only_the_removed_backends_keys() {
-        let mut seed = 0x5eed_u64;
-        for case in 0..40 {
-            seed = crate::balance::mix(seed);
-            let n = 2 + (seed % 12) as usize;
-            let ready: Vec<_> = (0..n)
-                .map(|i| {
-                    let w = 1 + (crate::balance::mix(seed ^ i as u64) % 4) as u32;
-                    backend(&format!("127.0.0.1:{}", 10_000 + case * 100 + i as u64), w)
-                })
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 64,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Property: removing any one backend of any weighted ring moves
+        /// exactly the keys it owned; every other key keeps its backend.
+        #[test]
+        fn removal_moves_only_the_removed_backends_keys(
+            weights in proptest::collection::vec(1u32..=5, 2..12),
+            gone in proptest::prelude::any::<proptest::sample::Index>(),
+            keys in proptest::collection::vec(proptest::prelude::any::<u64>(), 300),
+        ) {
+            let ready: Vec<_> = weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| backend(&format!("127.0.0.1:{}", 10_000 + i), w))
                 .collect();
-            let gone = (seed >> 8) as usize % n;
+            let gone = gone.index(ready.len());
             let mut rest = ready.clone();
             rest.remove(gone);
-            let before = hash(&ready, "");
-            let after = hash(&rest, "");
-            for i in 0..500 {
-                let k = crate::balance::mix(seed ^ (i << 20));
-                let was = owner(&before, &ready, k);
-                let now = owner(&after, &rest, k);
-                if was != *ready[gone].id {
-                    assert_eq!(was, now, "case {case}: key {k} moved");
+            let (before, after) = (hash(&ready, ""), hash(&rest, ""));
+            for &k in &keys {
+                let (was, now) = (owner(&before, &ready, k), owner(&after, &rest, k));
+                if was == *ready[gone].id {
+                    proptest::prop_assert_ne!(now, was);
                 } else {
-                    assert_ne!(now, was);
+                    proptest::prop_assert_eq!(now, was, "key {} moved", k);
                 }
             }
         }
