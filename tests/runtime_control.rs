@@ -75,6 +75,7 @@ async fn drain_lets_the_request_in_flight_finish_and_takes_no_new_ones() {
         .find(|i| i["id"] == a.address())
         .expect("a listed");
     assert_eq!(row["state"], "drain");
+    assert_eq!(row["draining"], true);
 
     // Back to ready: a takes requests again.
     let resp = patch(app.admin, "web", &a.address(), json!({ "state": "ready" })).await;

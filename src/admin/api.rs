@@ -63,7 +63,8 @@ pub(super) fn instance_json(b: &Backend) -> Value {
         "source": b.source.as_str(),
         "health": b.health().as_str(),
         "ejected": b.is_ejected(),
-        "draining": b.is_draining(),
+        // Departed with requests in flight, or drained by the admin API.
+        "draining": b.is_draining() || b.is_admin_drained(),
         "state": if b.is_admin_drained() { "drain" } else { "ready" },
         "active_requests": b.active_requests(),
         "expires_at": Value::Null,
