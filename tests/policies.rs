@@ -340,3 +340,62 @@ async fn slow_start_ramps_a_new_backend_from_a_small_share_to_its_full_share() {
     assert!(early > 0.0 && early < 0.2, "first second: {early}");
     assert!((0.28..=0.39).contains(&full), "after the window: {full}");
 }
+
+/// The default decay (10 s, longer than this test's quiet phase): a backend
+/// that was slow and recovered is avoided at first, then — once its
+/// estimate has decayed — tried again and given its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_ewma_gives_a_recovered_backend_its_share_back_after_the_decay() {
+    let fast = [
+        SlowBackend::start("f1", Duration::from_millis(1)).await,
+        SlowBackend::start("f2", Duration::from_millis(1)).await,
+        SlowBackend::start("f3", Duration::from_millis(1)).await,
+    ];
+    let flaky = SlowBackend::start("flaky", Duration::from_millis(100)).await;
+    let list: Vec<String> = fast
+        .iter()
+        .chain([&flaky])
+        .map(|b| format!("\"{}\"", b.address()))
+        .collect();
+    let toml = format!(
+        "{}[services.web]\nbalance = \"p2c_ewma\"\nbackends = [{}]\n{}",
+        base_toml(),
+        list.join(", "),
+        route_toml(None, "/", "web", false)
+    );
+    let app = start_app(&toml).await;
+    let http = Http::new();
+    // It serves a request while slow: its (peak) estimate is 100 ms.
+    eventually(WAIT, "the slow backend served a request", || async {
+        http.get(app.proxy, "/x").await;
+        flaky.hits() >= 1
+    })
+    .await;
+    flaky.set_delay(Duration::from_millis(1));
+    let recovered = Instant::now();
+    // Quiet phase: its estimate is still high.
+    let (start, mut quiet) = (flaky.hits(), 0usize);
+    while recovered.elapsed() < Duration::from_secs(3) {
+        http.get(app.proxy, "/x").await;
+        quiet += 1;
+    }
+    let quiet_share = (flaky.hits() - start) as f64 / quiet as f64;
+    // Then it comes back: a 200-request window with ≥ 15 % on it.
+    let limit = Duration::from_secs(60);
+    let mut back_after = None;
+    while recovered.elapsed() < limit && back_after.is_none() {
+        let before = flaky.hits();
+        for _ in 0..200 {
+            http.get(app.proxy, "/x").await;
+        }
+        if flaky.hits() - before >= 30 {
+            back_after = Some(recovered.elapsed());
+        }
+    }
+    println!(
+        "p2c_ewma: recovered backend's share {:.1} % in the 3 s after recovery ({quiet} requests), full share back after {back_after:?}",
+        quiet_share * 100.0
+    );
+    assert!(quiet_share < 0.1, "avoided at first: {quiet_share}");
+    assert!(back_after.is_some(), "never came back within {limit:?}");
+}
