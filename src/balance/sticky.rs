@@ -37,7 +37,11 @@ impl StickyIndex {
 
     /// The ready index a cookie value names, if it names a ready backend.
     pub fn find(&self, cookie: &str) -> Option<usize> {
-        let token = parse_token(cookie)?;
+        self.find_token(parse_token(cookie)?)
+    }
+
+    /// The ready index of the backend whose token is `token`.
+    pub fn find_token(&self, token: u64) -> Option<usize> {
         let at = self.tokens.binary_search_by_key(&token, |&(t, _)| t).ok()?;
         Some(self.tokens[at].1 as usize)
     }
@@ -53,16 +57,17 @@ pub fn token(backend: &Backend) -> u64 {
     ])
 }
 
-fn parse_token(cookie: &str) -> Option<u64> {
+/// The token a cookie value carries (16 hex digits), if it is one.
+pub fn parse_token(cookie: &str) -> Option<u64> {
     if cookie.len() != 16 {
         return None;
     }
     u64::from_str_radix(cookie, 16).ok()
 }
 
-/// Whether the cookie value already names `backend`.
-pub fn names(cookie: Option<&str>, backend: &Backend) -> bool {
-    cookie.and_then(parse_token) == Some(token(backend))
+/// Whether the cookie's token already names `backend`.
+pub fn names(cookie: Option<u64>, backend: &Backend) -> bool {
+    cookie == Some(token(backend))
 }
 
 /// The `Set-Cookie` header that sticks the client to `backend`.
@@ -118,7 +123,7 @@ mod tests {
             .and_then(|t| t.split(';').next())
             .unwrap_or("");
         assert_eq!(index.find(value), Some(1));
-        assert!(names(Some(value), &ready[1]));
+        assert!(names(parse_token(value), &ready[1]));
         assert_eq!(index.find("0123456789abcdef"), None);
         assert_eq!(index.find("garbage"), None);
         // Gone from the ready set: not found.

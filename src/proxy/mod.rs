@@ -234,9 +234,9 @@ impl ProxyService {
             .sticky
             .as_ref()
             .and_then(|config| key::cookie(&parts.headers, &config.cookie))
-            .map(str::to_owned);
-        let sticky = match (&service.sticky, cookie.as_deref()) {
-            (Some(index), Some(value)) => index.find(value),
+            .and_then(sticky::parse_token);
+        let sticky = match (&service.sticky, cookie) {
+            (Some(index), Some(token)) => index.find_token(token),
             _ => None,
         };
         Affinity {
@@ -253,13 +253,13 @@ struct Affinity {
     key: Option<u64>,
     /// The ready index the sticky cookie names, if it names a ready backend.
     sticky: Option<usize>,
-    /// The sticky cookie's value as sent.
-    cookie: Option<String>,
+    /// The backend token the sticky cookie carries.
+    cookie: Option<u64>,
 }
 
 impl Affinity {
     fn cookie_names(&self, backend: &Backend) -> bool {
-        sticky::names(self.cookie.as_deref(), backend)
+        sticky::names(self.cookie, backend)
     }
 }
 
