@@ -209,9 +209,17 @@ impl Backend {
         self.latency.observe(elapsed, failed, now_millis());
     }
 
-    /// The decayed peak-EWMA latency in nanoseconds at `now` (ms clock).
-    pub fn latency_ns(&self, now: u64) -> f64 {
-        self.latency.estimate(now)
+    /// `record_latency` at a given time on the [`now_millis`] clock (tests).
+    #[cfg(test)]
+    pub fn record_latency_at(&self, elapsed: Duration, now: u64) {
+        self.latency.observe(elapsed, false, now);
+    }
+
+    /// The peak-EWMA latency as last recorded, in µs, and when (the low 32
+    /// bits of the [`now_millis`] clock); `None` before the first attempt
+    /// ended. It decays by `exp(-Δt / EWMA_DECAY)` from then.
+    pub fn latency_sample(&self) -> Option<(f64, u32)> {
+        self.latency.sample()
     }
 
     /// The `slow_start` share, in thousandths of its weight: 100 (10 %) at
@@ -459,13 +467,10 @@ impl PeakEwma {
         }
     }
 
-    /// Nanoseconds, decayed to `now`.
-    fn estimate(&self, now: u64) -> f64 {
-        let (estimate, at) = Self::unpack(self.packed.load(Ordering::Relaxed));
-        if estimate == 0.0 {
-            return 0.0;
-        }
-        estimate * Self::decay(at, now) * 1e3
+    /// The estimate (µs) and its time, undecayed; `None` when never set.
+    fn sample(&self) -> Option<(f64, u32)> {
+        let word = self.packed.load(Ordering::Relaxed);
+        (word != 0).then(|| Self::unpack(word))
     }
 }
 

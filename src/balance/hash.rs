@@ -26,10 +26,21 @@ pub const POINTS_PER_WEIGHT: u64 = 100;
 /// down in proportion (then a departure may move a few other keys too).
 pub const MAX_POINTS: u64 = 1 << 22;
 
+/// Low bits of a ring entry that hold the backend's index in the ready
+/// slice; the high bits are the point's hash.
+const INDEX_BITS: u32 = 24;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+
 #[derive(Debug)]
 pub struct Hash {
-    /// Sorted by `hash`.
-    ring: Box<[Point]>,
+    /// Sorted points, each `hash & !INDEX_MASK | index` in one word: half
+    /// the memory of a (hash, index) pair, so the ring and its search stay
+    /// cache-friendlier.
+    ring: Box<[u64]>,
+    /// `starts[b]`: the first point whose top `bucket_bits` bits are ≥ `b`
+    /// (one more entry at the end): a lookup searches one bucket only.
+    starts: Box<[u32]>,
+    bucket_bits: u32,
     /// For requests without the key.
     fallback: RoundRobin,
     /// `hash_balance_factor` in percent; 0 = unbounded.
@@ -38,19 +49,16 @@ pub struct Hash {
     total_weight: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Point {
-    hash: u64,
-    /// Index into the ready slice.
-    backend: u32,
-}
-
 impl Policy for Hash {
     fn build(build: &Build<'_>) -> Hash {
         let ready = build.ready;
         let weights: Vec<u64> = ready.iter().map(|b| u64::from(b.weight())).collect();
+        let ring = ring(ready, &weights);
+        let (starts, bucket_bits) = buckets(&ring);
         Hash {
-            ring: ring(ready, &weights),
+            ring,
+            starts,
+            bucket_bits,
             fallback: RoundRobin::build(build),
             factor: u64::from(build.settings.hash_balance_factor),
             total_weight: weights.iter().sum(),
@@ -64,7 +72,7 @@ impl Policy for Hash {
         if self.ring.is_empty() {
             return None;
         }
-        let start = self.ring.partition_point(|p| p.hash < key) % self.ring.len();
+        let start = self.position(key);
         let service_load = match self.factor {
             0 => 0,
             _ => cx.ready.first().map_or(0, |b| u64::from(b.service_load())),
@@ -72,8 +80,7 @@ impl Policy for Hash {
         // Walk clockwise from the key's point: the first untried backend
         // with room is the key's backend (with no bound, the first untried).
         for step in 0..self.ring.len() {
-            let point = self.ring[(start + step) % self.ring.len()];
-            let index = point.backend as usize;
+            let index = (self.ring[(start + step) % self.ring.len()] & INDEX_MASK) as usize;
             if cx.is_tried(index) {
                 continue;
             }
@@ -84,12 +91,26 @@ impl Policy for Hash {
                 return Some(index);
             }
         }
-        let first = self.ring[start].backend as usize;
+        let first = (self.ring[start] & INDEX_MASK) as usize;
         first_untried(cx.ready.len(), first, cx.tried)
     }
 }
 
 impl Hash {
+    /// The first point at or clockwise after `key`: its bucket, then a
+    /// binary search within it (a few entries).
+    fn position(&self, key: u64) -> usize {
+        let key = key & !INDEX_MASK;
+        let bucket = bucket_of(key, self.bucket_bits);
+        let (lo, hi) = (self.starts[bucket] as usize, self.starts[bucket + 1] as usize);
+        let at = lo + self.ring[lo..hi].partition_point(|&p| p < key);
+        if at == self.ring.len() {
+            0
+        } else {
+            at
+        }
+    }
+
     /// Under `factor` % of its weighted share of the requests in flight,
     /// counting the one being placed: active < ⌈c · (L + 1) · w / W⌉.
     fn has_room(&self, backend: &Backend, service_load: u64) -> bool {
@@ -105,7 +126,7 @@ impl Hash {
 }
 
 /// Every backend's points, sorted.
-fn ring(ready: &[std::sync::Arc<Backend>], weights: &[u64]) -> Box<[Point]> {
+fn ring(ready: &[std::sync::Arc<Backend>], weights: &[u64]) -> Box<[u64]> {
     let total: u64 = weights.iter().map(|w| w * POINTS_PER_WEIGHT).sum();
     let points_for = |w: u64| {
         let n = w * POINTS_PER_WEIGHT;
@@ -116,15 +137,41 @@ fn ring(ready: &[std::sync::Arc<Backend>], weights: &[u64]) -> Box<[Point]> {
         }
     };
     let mut ring = Vec::with_capacity(total.min(MAX_POINTS) as usize + ready.len());
-    for (index, (backend, &weight)) in ready.iter().zip(weights).enumerate() {
+    // An index must fit its bits (10,000 instances per service is the
+    // registry's default limit; 16 million is far beyond any).
+    let indexed = ready.iter().zip(weights).take(INDEX_MASK as usize + 1);
+    for (index, (backend, &weight)) in indexed.enumerate() {
         let seed = backend_seed(backend);
-        ring.extend((0..points_for(weight)).map(|replica| Point {
-            hash: point_hash(seed, replica),
-            backend: index as u32,
-        }));
+        ring.extend(
+            (0..points_for(weight))
+                .map(|replica| point_hash(seed, replica) & !INDEX_MASK | index as u64),
+        );
     }
-    ring.sort_unstable_by_key(|p| (p.hash, p.backend));
+    ring.sort_unstable();
     ring.into_boxed_slice()
+}
+
+/// About four points per bucket, at most 2^20 buckets.
+fn buckets(ring: &[u64]) -> (Box<[u32]>, u32) {
+    let bits = (ring.len() / 4).max(1).ilog2().min(20);
+    let count = 1usize << bits;
+    let mut starts = Vec::with_capacity(count + 1);
+    let mut at = 0usize;
+    for bucket in 0..count {
+        while at < ring.len() && bucket_of(ring[at], bits) < bucket {
+            at += 1;
+        }
+        starts.push(at as u32);
+    }
+    starts.push(ring.len() as u32);
+    (starts.into_boxed_slice(), bits)
+}
+
+fn bucket_of(hash: u64, bits: u32) -> usize {
+    match bits {
+        0 => 0,
+        _ => (hash >> (64 - bits)) as usize,
+    }
 }
 
 /// A backend's place on the ring depends only on who it is (its source and
@@ -188,6 +235,20 @@ mod tests {
             for _ in 0..3 {
                 assert_eq!(owner(&h, &ready, key(i)), first);
             }
+        }
+    }
+
+    #[test]
+    fn the_bucket_index_finds_what_a_whole_search_finds() {
+        for n in [1, 3, 40, 500] {
+            let ready = backends(n);
+            let h = hash(&ready, "");
+            for i in 0..5_000u64 {
+                let k = crate::balance::mix(i);
+                let whole = h.ring.partition_point(|&p| p < k & !INDEX_MASK) % h.ring.len();
+                assert_eq!(h.position(k), whole, "n {n}, key {k}");
+            }
+            assert_eq!(h.position(u64::MAX), 0, "past the last point: wrap");
         }
     }
 

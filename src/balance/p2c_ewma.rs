@@ -13,11 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{first_untried, mix, two_choices, Build, PickContext, Policy};
-use crate::backend::{now_millis, Backend};
-
-/// The latency a backend is assumed to have at least (ns): one never
-/// measured, or measured very fast, still has its load count.
-const LATENCY_FLOOR_NS: f64 = 100_000.0;
+use crate::backend::{now_millis, Backend, EWMA_DECAY};
 
 #[derive(Debug)]
 pub struct P2cEwma {
@@ -44,9 +40,8 @@ impl Policy for P2cEwma {
         let (a, b) = two_choices(mix(n as u64), len);
         match (cx.is_tried(a), cx.is_tried(b)) {
             (false, false) => {
-                let now = now_millis();
-                let cheaper = self.cost(&cx.ready[b], now) < self.cost(&cx.ready[a], now);
-                Some(if cheaper { b } else { a })
+                let b_wins = self.cheaper(&cx.ready[b], &cx.ready[a]);
+                Some(if b_wins { b } else { a })
             }
             (false, true) => Some(a),
             (true, false) => Some(b),
@@ -56,16 +51,38 @@ impl Policy for P2cEwma {
 }
 
 impl P2cEwma {
-    /// Latency × (in flight + 1) / effective weight.
-    fn cost(&self, backend: &Backend, now: u64) -> f64 {
-        let latency = backend.latency_ns(now).max(LATENCY_FLOOR_NS);
-        let load = f64::from(backend.active_requests()) + 1.0;
-        let weight = u64::from(backend.weight()).max(1)
-            * backend.ramp_permille(self.slow_start_ms, now);
-        latency * load / weight as f64
+    /// Whether `x` costs less than `y`, cost being the decayed peak-EWMA
+    /// latency × (in flight + 1) / effective weight. Both estimates decay by
+    /// `exp(-(now - t) / τ)`, so `now` cancels out of the comparison: one
+    /// `exp` of the two samples' age difference, and no clock read (unless
+    /// slow start needs one). A backend never measured is probed when it has
+    /// nothing in flight, and waits for that probe's answer otherwise.
+    fn cheaper(&self, x: &Backend, y: &Backend) -> bool {
+        let (load_x, load_y) = self.loads(x, y);
+        match (x.latency_sample(), y.latency_sample()) {
+            (Some((ex, tx)), Some((ey, ty))) => {
+                // ex·e^(tx/τ)·Lx < ey·e^(ty/τ)·Ly
+                let age = f64::from(ty.wrapping_sub(tx) as i32);
+                let shift = (age / EWMA_DECAY.as_millis() as f64).clamp(-600.0, 600.0);
+                ex * load_x < ey * load_y * shift.exp()
+            }
+            (None, Some(_)) => x.active_requests() == 0,
+            (Some(_), None) => y.active_requests() != 0,
+            (None, None) => load_x < load_y,
+        }
+    }
+
+    /// (in flight + 1) per unit of effective weight, for both.
+    fn loads(&self, x: &Backend, y: &Backend) -> (f64, f64) {
+        let now = if self.slow_start_ms > 0 { now_millis() } else { 0 };
+        let load = |b: &Backend| {
+            let weight =
+                u64::from(b.weight()).max(1) * b.ramp_permille(self.slow_start_ms, now);
+            (f64::from(b.active_requests()) + 1.0) / weight as f64
+        };
+        (load(x), load(y))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -125,6 +142,34 @@ mod tests {
         let p: P2cEwma = testing::build(&ready, &testing::settings(""), 1);
         let count = shares(&p, &ready, 2_000);
         assert_eq!(count[1], 0, "{count:?}");
+    }
+
+    #[test]
+    fn an_unmeasured_backend_is_probed_one_request_at_a_time() {
+        let ready = four();
+        for b in &ready[1..] {
+            b.record_latency(Duration::from_millis(5), false);
+        }
+        let p: P2cEwma = testing::build(&ready, &testing::settings(""), 9);
+        // Idle and unmeasured: it wins every draw it is in (half of them).
+        let count = shares(&p, &ready, 1_000);
+        assert!((400..600).contains(&count[0]), "{count:?}");
+        // A probe in flight: it waits for the answer.
+        let _probe = ready[0].start_request();
+        assert_eq!(shares(&p, &ready, 1_000)[0], 0);
+    }
+
+    #[test]
+    fn an_old_peak_decays_against_a_fresh_sample() {
+        let ready = four();
+        let p: P2cEwma = testing::build(&ready, &testing::settings(""), 2);
+        // 100 ms recorded 60 s before 2 ms: e^-6 · 100 ≈ 0.25 ms < 2 ms.
+        ready[0].record_latency_at(Duration::from_millis(100), 1_000);
+        ready[1].record_latency_at(Duration::from_millis(2), 61_000);
+        assert!(p.cheaper(&ready[0], &ready[1]));
+        // The same peak 5 s before: e^-0.5 · 100 ≈ 61 ms > 2 ms.
+        ready[2].record_latency_at(Duration::from_millis(100), 56_000);
+        assert!(!p.cheaper(&ready[2], &ready[1]));
     }
 
     #[test]
