@@ -532,6 +532,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::testing::backend;
+    use super::{now_millis, Health};
 
     #[test]
     fn guard_counts_in_flight() {
@@ -563,6 +564,48 @@ mod tests {
         assert!(b.is_ready());
         assert!(b.eject(std::time::Duration::from_millis(0)));
         assert!(b.ejection_expired());
+    }
+
+    #[test]
+    fn slow_start_ramps_on_join_and_on_coming_back_only() {
+        let window = 60_000;
+        let b = backend("127.0.0.1:9001", 1);
+        assert!(b.ramp_permille(window, now_millis()) < 200, "a new backend ramps");
+        assert_eq!(b.ramp_permille(0, now_millis()), 1000, "slow_start off");
+        b.skip_ramp();
+        assert_eq!(b.ramp_permille(window, now_millis()), 1000);
+        b.set_health(Health::Healthy);
+        assert_eq!(b.ramp_permille(window, now_millis()), 1000, "no change, no ramp");
+        b.set_health(Health::Unknown);
+        b.set_health(Health::Healthy);
+        assert_eq!(
+            b.ramp_permille(window, now_millis()),
+            1000,
+            "first table: its first check passing is no comeback"
+        );
+        b.set_health(Health::Unhealthy);
+        b.set_health(Health::Healthy);
+        assert!(b.ramp_permille(window, now_millis()) < 200, "back from unhealthy");
+        b.skip_ramp();
+        assert!(b.eject(std::time::Duration::from_secs(30)));
+        b.clear_ejection();
+        assert!(b.ramp_permille(window, now_millis()) < 200, "back from ejected");
+        let later = now_millis() + window / 2;
+        let half = b.ramp_permille(window, later);
+        assert!((540..=560).contains(&half), "linear: {half}");
+    }
+
+    #[test]
+    fn drain_and_weight_zero_take_no_new_requests() {
+        let b = backend("127.0.0.1:9001", 1);
+        assert!(b.takes_new_requests());
+        b.set_admin_drain(true);
+        assert!(!b.takes_new_requests() && !b.is_ready());
+        b.set_admin_drain(false);
+        b.set_weight(0);
+        assert!(!b.takes_new_requests() && !b.is_ready());
+        b.set_weight(3);
+        assert!(b.is_ready());
     }
 
     #[test]

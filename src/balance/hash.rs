@@ -6,8 +6,9 @@
 //! it move (about 1/N) and every other key keeps its backend — Maglev's
 //! table is rebuilt as a whole and moves a few other keys too. Weights are
 //! honoured by the number of points: [`POINTS_PER_WEIGHT`] per unit of
-//! weight. A lookup is a binary search over the sorted points, O(log n)
-//! with no allocation.
+//! weight. A lookup goes to the key's bucket (the top bits of its hash
+//! index the sorted points, about four per bucket) and binary-searches that
+//! bucket: O(1) expected, O(log n) at worst, no allocation.
 //!
 //! `hash_balance_factor` (Mirrokni et al., "Consistent Hashing with Bounded
 //! Loads"; HAProxy's `hash-balance-factor`): no backend may take a request
