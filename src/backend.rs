@@ -570,12 +570,19 @@ mod tests {
     fn slow_start_ramps_on_join_and_on_coming_back_only() {
         let window = 60_000;
         let b = backend("127.0.0.1:9001", 1);
-        assert!(b.ramp_permille(window, now_millis()) < 200, "a new backend ramps");
+        assert!(
+            b.ramp_permille(window, now_millis()) < 200,
+            "a new backend ramps"
+        );
         assert_eq!(b.ramp_permille(0, now_millis()), 1000, "slow_start off");
         b.skip_ramp();
         assert_eq!(b.ramp_permille(window, now_millis()), 1000);
         b.set_health(Health::Healthy);
-        assert_eq!(b.ramp_permille(window, now_millis()), 1000, "no change, no ramp");
+        assert_eq!(
+            b.ramp_permille(window, now_millis()),
+            1000,
+            "no change, no ramp"
+        );
         b.set_health(Health::Unknown);
         b.set_health(Health::Healthy);
         assert_eq!(
@@ -585,11 +592,17 @@ mod tests {
         );
         b.set_health(Health::Unhealthy);
         b.set_health(Health::Healthy);
-        assert!(b.ramp_permille(window, now_millis()) < 200, "back from unhealthy");
+        assert!(
+            b.ramp_permille(window, now_millis()) < 200,
+            "back from unhealthy"
+        );
         b.skip_ramp();
         assert!(b.eject(std::time::Duration::from_secs(30)));
         b.clear_ejection();
-        assert!(b.ramp_permille(window, now_millis()) < 200, "back from ejected");
+        assert!(
+            b.ramp_permille(window, now_millis()) < 200,
+            "back from ejected"
+        );
         let later = now_millis() + window / 2;
         let half = b.ramp_permille(window, later);
         assert!((540..=560).contains(&half), "linear: {half}");
