@@ -159,6 +159,12 @@ impl Members {
         }
     }
 
+    /// The next merge is part of start-up: the backends it creates do not
+    /// slow-start (a source attached before the proxy serves).
+    pub fn starting_up(&mut self) {
+        self.seeded = false;
+    }
+
     /// Every service with live or draining backends.
     pub fn services(&self) -> impl Iterator<Item = &Arc<str>> {
         self.live
