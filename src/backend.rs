@@ -87,8 +87,20 @@ pub struct Backend {
     pub named_authority: Authority,
     pub source: Source,
     pub counters: BackendCounters,
-    /// Balancing weight; atomic because a re-registration may change it in place.
+    /// Balancing weight, 0..=1000 (0 = no new requests); atomic because a
+    /// re-registration or an admin `PATCH` changes it in place.
     weight: AtomicU32,
+    /// Set by `PATCH .../instances/{id}` with `"state": "drain"`: no new
+    /// requests, in-flight ones finish (HAProxy's `set server state drain`).
+    admin_drain: AtomicBool,
+    /// Requests in flight on every backend of the service (shared by them
+    /// all): the average load that `hash_balance_factor` bounds.
+    service_load: Arc<AtomicU32>,
+    /// Peak-EWMA of attempt latency, for `p2c_ewma`.
+    latency: PeakEwma,
+    /// When it joined or came back (from unhealthy or ejected), on the
+    /// [`now_millis`] clock: where `slow_start` ramps from.
+    ramp_from: AtomicU64,
     /// Requests in flight, counted until the response body has finished.
     active: AtomicU32,
     health: AtomicU8,
@@ -150,7 +162,11 @@ impl Backend {
             named_authority,
             source,
             counters,
-            weight: AtomicU32::new(weight.max(1)),
+            weight: AtomicU32::new(weight),
+            admin_drain: AtomicBool::new(false),
+            service_load: Arc::default(),
+            latency: PeakEwma::default(),
+            ramp_from: AtomicU64::new(now_millis()),
             active: AtomicU32::new(0),
             health: AtomicU8::new(Health::Healthy as u8),
             draining: AtomicBool::new(false),
@@ -164,7 +180,76 @@ impl Backend {
     }
 
     pub fn set_weight(&self, weight: u32) {
-        self.weight.store(weight.max(1), Ordering::Relaxed);
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// Share the service-wide in-flight counter (set once, before the
+    /// backend is shared).
+    pub fn sharing_service_load(mut self, load: Arc<AtomicU32>) -> Backend {
+        self.service_load = load;
+        self
+    }
+
+    /// Requests in flight on the whole service.
+    pub fn service_load(&self) -> u32 {
+        self.service_load.load(Ordering::Relaxed)
+    }
+
+    /// The admin state: drained (`true`) or ready.
+    pub fn set_admin_drain(&self, drain: bool) {
+        self.admin_drain.store(drain, Ordering::Relaxed);
+    }
+
+    pub fn is_admin_drained(&self) -> bool {
+        self.admin_drain.load(Ordering::Relaxed)
+    }
+
+    /// One attempt ended after `elapsed`; a failed one counts as slow.
+    pub fn record_latency(&self, elapsed: Duration, failed: bool) {
+        self.latency.observe(elapsed, failed, now_millis());
+    }
+
+    /// `record_latency` at a given time on the [`now_millis`] clock (tests).
+    #[cfg(test)]
+    pub fn record_latency_at(&self, elapsed: Duration, now: u64) {
+        self.latency.observe(elapsed, false, now);
+    }
+
+    /// The peak-EWMA latency as last recorded, in µs, and when (the low 32
+    /// bits of the [`now_millis`] clock); `None` before the first attempt
+    /// ended. It decays by `exp(-Δt / EWMA_DECAY)` from then.
+    pub fn latency_sample(&self) -> Option<(f64, u32)> {
+        self.latency.sample()
+    }
+
+    /// The `slow_start` share, in thousandths of its weight: 100 (10 %) at
+    /// the moment it joined or came back, growing linearly to 1000 over
+    /// `window_ms`; 1000 when `window_ms` is 0.
+    pub fn ramp_permille(&self, window_ms: u64, now: u64) -> u64 {
+        if window_ms == 0 {
+            return 1000;
+        }
+        let from = self.ramp_from.load(Ordering::Relaxed);
+        if from == 0 {
+            return 1000;
+        }
+        let since = now.saturating_sub(from);
+        if since >= window_ms {
+            return 1000;
+        }
+        100 + 900 * since / window_ms
+    }
+
+    /// No ramp: a backend of the first table (HAProxy: slow start never
+    /// applies when the process starts; there is no traffic to protect).
+    /// Coming back later (from unhealthy or ejected) ramps as usual.
+    pub fn skip_ramp(&self) {
+        self.ramp_from.store(0, Ordering::Relaxed);
+    }
+
+    /// Start the `slow_start` ramp again (it came back).
+    fn restart_ramp(&self) {
+        self.ramp_from.store(now_millis(), Ordering::Relaxed);
     }
 
     pub fn active_requests(&self) -> u32 {
@@ -175,8 +260,16 @@ impl Backend {
         Health::from_u8(self.health.load(Ordering::Relaxed))
     }
 
+    /// A backend that comes back healthy starts its slow-start ramp; so
+    /// does a new one whose first check passes, unless it had no ramp (a
+    /// backend of the first table).
     pub fn set_health(&self, health: Health) {
-        self.health.store(health as u8, Ordering::Relaxed);
+        let before = self.health.swap(health as u8, Ordering::Relaxed);
+        let back = before == Health::Unhealthy as u8
+            || (before == Health::Unknown as u8 && self.ramp_from.load(Ordering::Relaxed) != 0);
+        if health == Health::Healthy && back {
+            self.restart_ramp();
+        }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -192,11 +285,12 @@ impl Backend {
         self.health() == Health::Healthy && self.takes_new_requests() && !self.is_ejected()
     }
 
-    /// Not draining and its lease (if any) not over: checked on the request
-    /// path for the backend the balancer chose, so a departure counts from
+    /// Not draining (departed or drained by the admin API), weight above
+    /// 0, and its lease (if any) not over: checked on the request path for
+    /// the backend the balancer chose, so a departure or a drain counts from
     /// the moment it is answered, not from the next table.
     pub fn takes_new_requests(&self) -> bool {
-        if self.is_draining() {
+        if self.is_draining() || self.is_admin_drained() || self.weight() == 0 {
             return false;
         }
         let until = self.lease_until.load(Ordering::Relaxed);
@@ -238,9 +332,12 @@ impl Backend {
         (until != 0 && now < until).then(|| until - now)
     }
 
-    /// End an ejection (time is up, or an active check passed).
+    /// End an ejection (time is up, or an active check passed); a backend
+    /// that was ejected starts its slow-start ramp again.
     pub fn clear_ejection(&self) {
-        self.outlier.ejected_until.store(0, Ordering::Relaxed);
+        if self.outlier.ejected_until.swap(0, Ordering::Relaxed) != 0 {
+            self.restart_ramp();
+        }
         self.outlier
             .consecutive_failures
             .store(0, Ordering::Relaxed);
@@ -295,9 +392,85 @@ impl Backend {
     /// Count one request in flight until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.service_load.fetch_add(1, Ordering::Relaxed);
         ActiveGuard {
             backend: Arc::clone(self),
         }
+    }
+}
+
+/// How fast old latency observations fade: Linkerd's and Finagle's
+/// peak-EWMA default (10 s). A backend that was slow is tried again once its
+/// estimate has decayed below the others' cost.
+pub const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// What a failed attempt (refused, reset, timed out, 5xx) counts as, at
+/// least: a failing backend looks slow, so `p2c_ewma` routes around it.
+pub const FAILURE_LATENCY: Duration = Duration::from_secs(1);
+
+/// Peak-EWMA latency (Finagle, Linkerd): a slower observation replaces the
+/// estimate at once (the peak); faster ones pull it down gradually, with a
+/// weight that depends on the time since the last one; and between
+/// observations it decays towards zero, so an idle backend is tried again.
+/// One atomic word: the estimate (µs, `f32` bits) and the time it was
+/// taken (ms on [`now_millis`], low 32 bits), updated by compare-exchange.
+#[derive(Debug, Default)]
+struct PeakEwma {
+    packed: AtomicU64,
+}
+
+impl PeakEwma {
+    fn unpack(word: u64) -> (f64, u32) {
+        (f64::from(f32::from_bits(word as u32)), (word >> 32) as u32)
+    }
+
+    fn pack(estimate_us: f64, at: u64) -> u64 {
+        (u64::from(at as u32) << 32) | u64::from((estimate_us as f32).to_bits())
+    }
+
+    /// The weight the estimate taken at `at` keeps at `now`: exp(-Δt/τ).
+    fn decay(at: u32, now: u64) -> f64 {
+        let elapsed = (now as u32).wrapping_sub(at);
+        if elapsed == 0 {
+            return 1.0;
+        }
+        (-f64::from(elapsed) / EWMA_DECAY.as_millis() as f64).exp()
+    }
+
+    /// Tower's and Linkerd's update: a slower rtt is the new estimate; a
+    /// faster one blends in by the time passed since the last update, and
+    /// the old estimate decays towards zero over that time.
+    fn observe(&self, elapsed: Duration, failed: bool, now: u64) {
+        let mut rtt = elapsed.as_secs_f64() * 1e6;
+        if failed {
+            rtt = rtt.max(FAILURE_LATENCY.as_secs_f64() * 1e6);
+        }
+        let mut current = self.packed.load(Ordering::Relaxed);
+        loop {
+            let (estimate, at) = Self::unpack(current);
+            let decay = Self::decay(at, now);
+            let decayed = estimate * decay;
+            let next = if rtt > decayed {
+                rtt
+            } else {
+                decayed + rtt * (1.0 - decay)
+            };
+            match self.packed.compare_exchange_weak(
+                current,
+                Self::pack(next, now),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// The estimate (µs) and its time, undecayed; `None` when never set.
+    fn sample(&self) -> Option<(f64, u32)> {
+        let word = self.packed.load(Ordering::Relaxed);
+        (word != 0).then(|| Self::unpack(word))
     }
 }
 
@@ -325,6 +498,7 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.backend.active.fetch_sub(1, Ordering::Relaxed);
+        self.backend.service_load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -358,6 +532,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::testing::backend;
+    use super::{now_millis, Health};
 
     #[test]
     fn guard_counts_in_flight() {
@@ -389,6 +564,61 @@ mod tests {
         assert!(b.is_ready());
         assert!(b.eject(std::time::Duration::from_millis(0)));
         assert!(b.ejection_expired());
+    }
+
+    #[test]
+    fn slow_start_ramps_on_join_and_on_coming_back_only() {
+        let window = 60_000;
+        let b = backend("127.0.0.1:9001", 1);
+        assert!(
+            b.ramp_permille(window, now_millis()) < 200,
+            "a new backend ramps"
+        );
+        assert_eq!(b.ramp_permille(0, now_millis()), 1000, "slow_start off");
+        b.skip_ramp();
+        assert_eq!(b.ramp_permille(window, now_millis()), 1000);
+        b.set_health(Health::Healthy);
+        assert_eq!(
+            b.ramp_permille(window, now_millis()),
+            1000,
+            "no change, no ramp"
+        );
+        b.set_health(Health::Unknown);
+        b.set_health(Health::Healthy);
+        assert_eq!(
+            b.ramp_permille(window, now_millis()),
+            1000,
+            "first table: its first check passing is no comeback"
+        );
+        b.set_health(Health::Unhealthy);
+        b.set_health(Health::Healthy);
+        assert!(
+            b.ramp_permille(window, now_millis()) < 200,
+            "back from unhealthy"
+        );
+        b.skip_ramp();
+        assert!(b.eject(std::time::Duration::from_secs(30)));
+        b.clear_ejection();
+        assert!(
+            b.ramp_permille(window, now_millis()) < 200,
+            "back from ejected"
+        );
+        let later = now_millis() + window / 2;
+        let half = b.ramp_permille(window, later);
+        assert!((540..=560).contains(&half), "linear: {half}");
+    }
+
+    #[test]
+    fn drain_and_weight_zero_take_no_new_requests() {
+        let b = backend("127.0.0.1:9001", 1);
+        assert!(b.takes_new_requests());
+        b.set_admin_drain(true);
+        assert!(!b.takes_new_requests() && !b.is_ready());
+        b.set_admin_drain(false);
+        b.set_weight(0);
+        assert!(!b.takes_new_requests() && !b.is_ready());
+        b.set_weight(3);
+        assert!(b.is_ready());
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //!   (one merge of every source's backends, a publish generation to wait on).
 //! - [`source`]: the `BackendSource` seam (config, registry): who says which backends exist.
 //! - [`backend`]: one upstream instance and its live atomics (in-flight, health).
-//! - [`balance`]: selection policies (round robin, least connections).
+//! - [`balance`]: selection policies (round robin, least connections, p2c_ewma, hash),
+//!   request keys and sticky cookies.
+//! - [`overrides`]: runtime weight and drain of one backend (`PATCH .../instances/{id}`).
 //! - [`health`]: active health checks — a supervisor, one checker task per backend, probes
 //!   (HTTP, TCP, gRPC).
 //! - [`routing`]: host and path-prefix precedence.
@@ -48,6 +50,7 @@ pub mod health;
 pub mod listener;
 pub mod log_throttle;
 pub mod metrics;
+pub mod overrides;
 pub mod proxy;
 pub mod registry;
 pub mod reload;

@@ -86,7 +86,7 @@ struct RegisterArgs {
     /// Lease length, like 30s ("0s" = no expiry); default: the registry's default_ttl.
     #[arg(long)]
     ttl: Option<String>,
-    /// Balancing weight, 1 to 1000 (default 1).
+    /// Balancing weight, 0 to 1000 (default 1; 0 = no new requests).
     #[arg(long)]
     weight: Option<u32>,
     /// Bearer token for the admin API; default: $SWITCHYARD_ADMIN_TOKEN.

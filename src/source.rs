@@ -33,6 +33,8 @@ pub struct Declared {
     pub source: Source,
     /// When a registered instance's lease ends (`None`: never).
     pub expires_at: Option<SystemTime>,
+    /// Drained by the admin API: no new requests.
+    pub drain: bool,
 }
 
 impl Declared {
@@ -73,6 +75,7 @@ impl StaticSource {
                     weight: b.weight,
                     source: Source::Config,
                     expires_at: None,
+                    drain: false,
                 }
             }));
             into[start..].sort_by(|a, b| a.id.cmp(&b.id));
@@ -118,6 +121,7 @@ mod tests {
             weight: 1,
             source,
             expires_at: None,
+            drain: false,
         }
     }
 

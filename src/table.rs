@@ -17,7 +17,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 
 use crate::backend::{Backend, Health};
-use crate::balance::Balancer;
+use crate::balance::sticky::StickyIndex;
+use crate::balance::{Balancer, Build};
 use crate::config::{BalancePolicy, Config, ServiceConfig};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::proxy::retry::RetryBudget;
@@ -26,6 +27,7 @@ use crate::routing::{RouteSpec, RouteTable};
 use crate::source::{merge_sorted, BackendSource, StaticSource};
 
 mod members;
+mod overrides;
 mod registered;
 
 /// One immutable snapshot of everything the request path reads.
@@ -59,6 +61,10 @@ pub struct Service {
     /// The ones the balancer may pick; the balancer indexes this slice.
     pub ready: Vec<Arc<Backend>>,
     pub balancer: Balancer,
+    /// `[services.NAME.sticky]`: cookie tokens of the ready backends.
+    pub sticky: Option<StickyIndex>,
+    /// The balancer's position, shared by every table that holds this service.
+    pub cursor: Arc<AtomicUsize>,
     pub settings: Arc<ServiceConfig>,
     pub upstream: Upstream,
     pub metrics: Arc<ServiceMetrics>,
@@ -113,7 +119,9 @@ impl Service {
             name: Arc::clone(&self.name),
             policy: self.policy,
             backends: self.backends.clone(),
-            balancer: Balancer::new(self.policy, &ready, self.balancer.cursor()),
+            balancer: balancer(&ready, &self.settings, &self.cursor),
+            sticky: sticky_index(&ready, &self.settings),
+            cursor: Arc::clone(&self.cursor),
             ready,
             settings: Arc::clone(&self.settings),
             upstream: self.upstream.clone(),
@@ -139,6 +147,8 @@ struct State {
     /// Balancer cursors, so a rebuild does not restart round robin at the
     /// first backend (which, with frequent rebuilds, would favour it).
     cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
+    /// Runtime overrides (`PATCH`) of configured backends.
+    overrides: overrides::ConfiguredOverrides,
 }
 
 impl Publisher {
@@ -153,6 +163,7 @@ impl Publisher {
             service_metrics: HashMap::new(),
             budgets: HashMap::new(),
             cursors: HashMap::new(),
+            overrides: HashMap::new(),
         };
         let table = Arc::new(ArcSwap::from_pointee(state.rebuild()));
         Publisher {
@@ -381,6 +392,7 @@ impl State {
     fn merge_sources(&mut self, config: &Config) {
         let mut declared = Vec::new();
         StaticSource::declared(config, &mut declared);
+        overrides::apply(&mut self.overrides, &mut declared);
         for source in &self.sources {
             let mut more = Vec::new();
             source.declared(config, &mut more);
@@ -417,13 +429,12 @@ impl State {
         let ready = ready_backends(&backends, settings.panic_threshold);
         let upstream = self.client(&name, &settings);
         upstream.pin(&backends);
+        let cursor = Arc::clone(self.cursors.entry(Arc::clone(&name)).or_default());
         Service {
             budget: Arc::clone(self.budgets.entry(Arc::clone(&name)).or_default()),
-            balancer: Balancer::new(
-                settings.balance,
-                &ready,
-                Arc::clone(self.cursors.entry(Arc::clone(&name)).or_default()),
-            ),
+            balancer: balancer(&ready, &settings, &cursor),
+            sticky: sticky_index(&ready, &settings),
+            cursor,
             policy: settings.balance,
             upstream,
             metrics: self.service_metrics(&name),
@@ -465,20 +476,40 @@ fn release_unused(retired: &mut Vec<Arc<Table>>) {
     retired.retain(|table| Arc::strong_count(table) > 1);
 }
 
+/// The service's policy, built over `ready`.
+fn balancer(
+    ready: &[Arc<Backend>],
+    settings: &ServiceConfig,
+    cursor: &Arc<AtomicUsize>,
+) -> Balancer {
+    let build = Build {
+        ready,
+        settings,
+        cursor,
+    };
+    Balancer::new(settings.balance, &build)
+}
+
+fn sticky_index(ready: &[Arc<Backend>], settings: &ServiceConfig) -> Option<StickyIndex> {
+    settings.sticky.as_ref().map(|_| StickyIndex::new(ready))
+}
+
 /// The backends the balancer may pick. Below the panic threshold (a
 /// percentage of non-draining backends; 0 = off) balance over all of them,
 /// as Envoy does, rather than pile everything on a few survivors — but never
 /// when none is ready: then the answer is 503.
 fn ready_backends(backends: &[Arc<Backend>], panic_threshold: u32) -> Vec<Arc<Backend>> {
     let ready: Vec<Arc<Backend>> = backends.iter().filter(|b| b.is_ready()).cloned().collect();
-    let candidates = backends.iter().filter(|b| !b.is_draining()).count();
+    // Drained (departed or by the admin API) and weight-0 backends are no
+    // candidates, not even in panic mode.
+    let candidates = backends.iter().filter(|b| b.takes_new_requests()).count();
     let panic = !ready.is_empty() && ready.len() * 100 < candidates * panic_threshold as usize;
     if !panic {
         return ready;
     }
     backends
         .iter()
-        .filter(|b| !b.is_draining())
+        .filter(|b| b.takes_new_requests())
         .cloned()
         .collect()
 }

@@ -930,7 +930,7 @@ async fn every_bad_input_gets_a_clear_4xx_and_changes_nothing() {
         (
             Method::PUT,
             keep.clone(),
-            r#"{"address": "127.0.0.1:1", "weight": 0}"#.into(),
+            r#"{"address": "127.0.0.1:1", "weight": 1001}"#.into(),
             StatusCode::BAD_REQUEST,
         ),
         (
@@ -1027,10 +1027,11 @@ async fn every_bad_input_gets_a_clear_4xx_and_changes_nothing() {
             StatusCode::METHOD_NOT_ALLOWED,
         ),
         (
+            // PATCH is runtime control (SPEC §7): an empty body is refused.
             Method::PATCH,
             keep.clone(),
             "".into(),
-            StatusCode::METHOD_NOT_ALLOWED,
+            StatusCode::BAD_REQUEST,
         ),
         (
             Method::POST,

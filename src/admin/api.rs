@@ -38,7 +38,8 @@ pub async fn handle(
         ["services", service, "instances", id] => match *method {
             Method::PUT => instances::register(state, service, id, req).await,
             Method::DELETE => instances::deregister(state, service, id).await,
-            _ => method_not_allowed("PUT, DELETE"),
+            Method::PATCH => instances::patch(state, service, id, req).await,
+            _ => method_not_allowed("PUT, PATCH, DELETE"),
         },
         ["services", service, "instances", id, "heartbeat"] => match *method {
             Method::PUT => instances::heartbeat(state, service, id).await,
@@ -68,7 +69,9 @@ pub(super) fn instance_json(b: &Backend) -> Value {
         "source": b.source.as_str(),
         "health": b.health().as_str(),
         "ejected": b.is_ejected(),
-        "draining": b.is_draining(),
+        // Departed with requests in flight, or drained by the admin API.
+        "draining": b.is_draining() || b.is_admin_drained(),
+        "state": if b.is_admin_drained() { "drain" } else { "ready" },
         "active_requests": b.active_requests(),
         "expires_at": Value::Null,
     })

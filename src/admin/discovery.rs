@@ -234,7 +234,8 @@ impl Row<'_> {
                 let mut v = instance_json(backend);
                 v["metadata"] = json!({});
                 if let Some(i) = registered {
-                    v["weight"] = json!(i.weight);
+                    v["weight"] = json!(i.overrides.weight(i.weight));
+                    v["state"] = json!(i.overrides.state());
                     v["expires_at"] = json!(i.expires_at.map(format_time));
                     v["metadata"] = json!(&*i.metadata);
                 }

@@ -1,6 +1,7 @@
 //! The registration endpoints: `PUT /v1/services/{service}/instances/{id}`
 //! (register or update), `PUT .../{id}/heartbeat` (renew the lease) and
-//! `DELETE .../{id}` (deregister).
+//! `DELETE .../{id}` (deregister), and `PATCH .../{id}` (runtime weight and
+//! drain of a configured backend or a registered instance, SPEC §7).
 //!
 //! Bodies are read with a 64 KiB limit (413 beyond, without reading the rest)
 //! and handed to the registry, which validates everything; its refusals map
@@ -12,7 +13,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use super::api::instance_json;
 use super::{error, json, AdminResponse, AdminState};
+use crate::overrides::Patch;
 use crate::registry::{Instance, Limits, Registration, RegistryError};
 
 /// Largest request body the admin API reads (SPEC §3).
@@ -79,6 +82,48 @@ pub async fn deregister(state: &AdminState, service: &str, id: &str) -> AdminRes
             *resp.status_mut() = StatusCode::NO_CONTENT;
             resp
         }
+        Err(e) => refused(&e),
+    }
+}
+
+/// `PATCH .../{id}` with `{"weight": 0..1000}` and/or `{"state": "ready" |
+/// "drain"}`: 200 with the instance. A configured backend (id = its
+/// `host:port` as written) wins over a registered instance of the same id.
+pub async fn patch(
+    state: &AdminState,
+    service: &str,
+    id: &str,
+    req: Request<Incoming>,
+) -> AdminResponse {
+    let body = match read_body(req).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    let patch = match Patch::from_json(&body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    if let Some((backend, overrides)) = state.publisher.patch_configured(service, id, patch) {
+        tracing::info!(%service, %id, weight = backend.weight(), state = overrides.state(), "configured backend patched");
+        return json(StatusCode::OK, &instance_json(&backend));
+    }
+    match state.registry.patch(service, id, patch).await {
+        Ok(instance) => {
+            state
+                .publisher
+                .instance_overrides(service, id, instance.overrides, instance.weight);
+            tracing::info!(%service, %id, weight = instance.overrides.weight(instance.weight), state = instance.overrides.state(), "registered instance patched");
+            json(StatusCode::OK, &instance.to_json())
+        }
+        // Not a name a registration could have: no such instance either.
+        Err(RegistryError::BadName { .. }) => error(
+            StatusCode::NOT_FOUND,
+            &format!("service `{service}` has no configured backend or registered instance `{id}`"),
+        ),
+        Err(RegistryError::NotFound { .. }) => error(
+            StatusCode::NOT_FOUND,
+            &format!("service `{service}` has no configured backend or registered instance `{id}`"),
+        ),
         Err(e) => refused(&e),
     }
 }

@@ -12,11 +12,15 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{first_untried, Pick};
-use crate::backend::Backend;
+use super::{first_untried, mix, Build, PickContext, Policy};
+use crate::backend::{now_millis, Backend};
 
 /// Longest schedule kept; larger weight sums are scaled down to fit.
 const MAX_SCHEDULE: u64 = 1 << 16;
+
+/// How many times a pick may turn down a backend still ramping up
+/// (`slow_start`) before it takes what it drew.
+const RAMP_DRAWS: usize = 4;
 
 #[derive(Debug)]
 pub struct RoundRobin {
@@ -24,6 +28,8 @@ pub struct RoundRobin {
     schedule: Box<[u32]>,
     /// Shared with the next rebuild's balancer, so the rotation continues.
     next: Arc<AtomicUsize>,
+    /// `slow_start` in ms (0 = off).
+    slow_start_ms: u64,
 }
 
 impl RoundRobin {
@@ -32,30 +38,62 @@ impl RoundRobin {
         RoundRobin {
             schedule: schedule(&weights).into_boxed_slice(),
             next,
+            slow_start_ms: 0,
         }
     }
 
-    /// The shared position, for the balancer that replaces this one.
-    pub fn cursor(&self) -> Arc<AtomicUsize> {
-        Arc::clone(&self.next)
+    /// The scheduled backend at position `n`.
+    fn slot(&self, n: usize, len: usize) -> usize {
+        if self.schedule.is_empty() {
+            n % len
+        } else {
+            self.schedule[n % self.schedule.len()] as usize
+        }
+    }
+
+    /// Slow start: a ramping backend keeps a draw with the probability of
+    /// its ramp share; otherwise another scheduled slot is drawn at random,
+    /// so the share it gives up spreads over the others by weight.
+    fn ramped(&self, n: usize, mut choice: usize, ready: &[Arc<Backend>]) -> usize {
+        let now = now_millis();
+        let mut x = mix(n as u64);
+        for _ in 0..RAMP_DRAWS {
+            let Some(backend) = ready.get(choice) else {
+                return choice;
+            };
+            let share = backend.ramp_permille(self.slow_start_ms, now);
+            if share >= 1000 || x % 1000 < share {
+                return choice;
+            }
+            x = mix(x);
+            choice = self.slot((x >> 16) as usize, ready.len());
+        }
+        choice
     }
 }
 
-impl Pick for RoundRobin {
-    fn pick(&self, ready: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
+impl Policy for RoundRobin {
+    fn build(build: &Build<'_>) -> RoundRobin {
+        RoundRobin {
+            slow_start_ms: build.slow_start_ms(),
+            ..RoundRobin::new(build.ready, Arc::clone(build.cursor))
+        }
+    }
+
+    fn pick(&self, cx: &PickContext<'_>) -> Option<usize> {
+        let ready = cx.ready;
         if ready.is_empty() {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let choice = if self.schedule.is_empty() {
-            n % ready.len()
-        } else {
-            self.schedule[n % self.schedule.len()] as usize
-        };
-        if !tried.contains(&choice) && choice < ready.len() {
+        let mut choice = self.slot(n, ready.len());
+        if self.slow_start_ms > 0 {
+            choice = self.ramped(n, choice, ready);
+        }
+        if !cx.is_tried(choice) && choice < ready.len() {
             return Some(choice);
         }
-        first_untried(ready.len(), choice + 1, tried)
+        first_untried(ready.len(), choice + 1, cx.tried)
     }
 }
 
@@ -138,10 +176,13 @@ impl PartialOrd for Slot {
 mod tests {
     use super::*;
     use crate::backend::testing::backend;
+    use crate::balance::testing;
 
     fn picks(ready: &[Arc<Backend>], n: usize) -> Vec<usize> {
         let rr = RoundRobin::new(ready, Arc::default());
-        (0..n).map(|_| rr.pick(ready, &[]).unwrap_or(99)).collect()
+        (0..n)
+            .map(|_| rr.pick(&PickContext::new(ready, &[])).unwrap_or(99))
+            .collect()
     }
 
     #[test]
@@ -182,9 +223,9 @@ mod tests {
         let ready = vec![backend("127.0.0.1:9001", 1), backend("127.0.0.1:9002", 1)];
         let rr = RoundRobin::new(&ready, Arc::default());
         for _ in 0..5 {
-            assert_eq!(rr.pick(&ready, &[0]), Some(1));
+            assert_eq!(rr.pick(&PickContext::new(&ready, &[0])), Some(1));
         }
-        assert_eq!(rr.pick(&ready, &[0, 1]), None);
+        assert_eq!(rr.pick(&PickContext::new(&ready, &[0, 1])), None);
     }
 
     #[test]
@@ -197,6 +238,28 @@ mod tests {
 
     #[test]
     fn empty_ready_picks_nothing() {
-        assert_eq!(RoundRobin::new(&[], Arc::default()).pick(&[], &[]), None);
+        let rr = RoundRobin::new(&[], Arc::default());
+        assert_eq!(rr.pick(&PickContext::new(&[], &[])), None);
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_its_share_and_the_rest_spread() {
+        // Seeded: the cursor starts at 7; the draws follow from it.
+        let ready: Vec<_> = (1..=3)
+            .map(|i| backend(&format!("127.0.0.1:900{i}"), 1))
+            .collect();
+        let settings = testing::settings("slow_start = \"100s\"");
+        let rr: RoundRobin = testing::build(&ready, &settings, 7);
+        // Two have been up for the whole window; the third just joined.
+        ready[0].skip_ramp();
+        ready[1].skip_ramp();
+        let mut count = [0usize; 3];
+        for _ in 0..30_000 {
+            count[rr.pick(&PickContext::new(&ready, &[])).unwrap_or(0)] += 1;
+        }
+        // ~10 % of its weight: about 1/21 of the picks, far below 1/3.
+        let share = count[2] as f64 / 30_000.0;
+        assert!((0.02..0.09).contains(&share), "{count:?}");
+        assert!(count[0].abs_diff(count[1]) < 1_500, "{count:?}");
     }
 }

@@ -171,20 +171,37 @@ impl EtcdConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BalancePolicy {
-    RoundRobin,
-    LeastConn,
+/// `balance = "..."`: the policy list lives with the policies.
+pub use crate::balance::BalancePolicy;
+
+/// `hash_key`: what part of a request `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `header:NAME`: the first value of that request header.
+    Header(http::header::HeaderName),
+    /// `cookie:NAME`: that cookie's value.
+    Cookie(String),
+    /// `query:NAME`: that query parameter's first value, as sent (not decoded).
+    Query(String),
+    /// `client_ip`: the address of the connection's peer.
+    ClientIp,
+    /// `path`: the request path, without the query.
+    Path,
 }
 
-impl BalancePolicy {
-    /// The config spelling, also used in the admin API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BalancePolicy::RoundRobin => "round_robin",
-            BalancePolicy::LeastConn => "least_conn",
-        }
-    }
+/// `[services.NAME.sticky]`: cookie session affinity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// The cookie's name; its value names the backend opaquely.
+    pub cookie: String,
+    /// Default 0 = a session cookie (no `Max-Age`).
+    pub ttl: Duration,
+    /// Default "/".
+    pub path: String,
+    /// Default false.
+    pub secure: bool,
+    /// Default true.
+    pub http_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -219,6 +236,15 @@ pub struct ServiceConfig {
     pub panic_threshold: u32,
     /// `protocol = "https"` only (the keys are errors with other protocols).
     pub tls: UpstreamTls,
+    /// `balance = "hash"` only (required there).
+    pub hash_key: Option<HashKey>,
+    /// Default 0 = unbounded; else a percentage ≥ 100 of the fair share of
+    /// in-flight requests a backend may take before its keys spill over.
+    pub hash_balance_factor: u32,
+    /// Default 0 = off: the ramp from ~10 % to full weight of a backend
+    /// that joins or comes back.
+    pub slow_start: Duration,
+    pub sticky: Option<StickyConfig>,
 }
 
 /// TLS towards a service's backends. Default: the webpki (Mozilla) roots,

@@ -130,7 +130,11 @@ pub(super) struct RawEtcd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
-    pub balance: Option<RawBalance>,
+    pub balance: Option<Spanned<crate::balance::BalancePolicy>>,
+    pub hash_key: Option<Text>,
+    pub hash_balance_factor: Option<Int>,
+    pub slow_start: Option<Text>,
+    pub sticky: Option<Spanned<RawSticky>>,
     #[serde(default)]
     pub backends: Vec<Spanned<RawBackend>>,
     pub protocol: Option<RawProtocol>,
@@ -146,11 +150,15 @@ pub(super) struct RawService {
     pub tls_server_name: Option<Text>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum RawBalance {
-    RoundRobin,
-    LeastConn,
+/// `[services.NAME.sticky]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSticky {
+    pub cookie: Text,
+    pub ttl: Option<Text>,
+    pub path: Option<Text>,
+    pub secure: Option<bool>,
+    pub http_only: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -342,7 +350,10 @@ format = "json"
 "#;
         let raw = parse(text).expect("parses");
         let svc = &raw.services.values().next().expect("one service");
-        assert_eq!(svc.balance, Some(RawBalance::LeastConn));
+        assert_eq!(
+            svc.balance.as_ref().map(|b| *b.get_ref()),
+            Some(crate::balance::BalancePolicy::LeastConn)
+        );
         assert_eq!(svc.protocol, Some(RawProtocol::H2c));
         let hc = svc.health_check.as_ref().expect("health check");
         assert_eq!(

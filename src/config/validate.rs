@@ -24,6 +24,7 @@
 
 mod access_log;
 mod addresses;
+mod balancing;
 mod build;
 mod certificates;
 mod ctx;

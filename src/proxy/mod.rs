@@ -36,6 +36,8 @@ use ipnet::IpNet;
 
 use crate::access_log::{AccessLogSwitch, Pending};
 use crate::backend::{ActiveGuard, Backend};
+use crate::balance::key::{self, RequestParts};
+use crate::balance::{sticky, PickContext};
 use crate::config::UpstreamProtocol;
 use crate::log_throttle::{is_out_of_descriptors, Throttle};
 use crate::metrics::UnroutedMetrics;
@@ -267,6 +269,7 @@ impl ProxyService {
         let upgrade = fwd.http1 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let affinity = self.affinity(fwd.service, &parts);
         // A refcount bump, not a copy: the header rewrite borrows it.
         let authority = parts.uri.authority().cloned();
         let forwarded = Forwarded {
@@ -293,7 +296,18 @@ impl ProxyService {
             path,
             headers: parts.headers,
         };
-        let (resp, guard) = send_with_retries(&self.proxy, fwd, template, body).await?;
+        let (mut resp, guard) =
+            send_with_retries(&self.proxy, fwd, template, body, &affinity).await?;
+        if let Some(config) = &fwd.service.settings.sticky {
+            // Stick the client to the backend that answered, unless its
+            // cookie already names it.
+            if !affinity.cookie_names(guard.backend()) {
+                resp.headers_mut().append(
+                    http::header::SET_COOKIE,
+                    sticky::set_cookie(config, guard.backend()),
+                );
+            }
+        }
         Ok(finish_response(
             fwd,
             resp,
@@ -301,6 +315,52 @@ impl ProxyService {
             client_upgrade,
             self.proxy.body_idle_timeout,
         ))
+    }
+}
+
+impl ProxyService {
+    /// What the request says about where it should go: its hashed
+    /// `hash_key`, and the backend its sticky cookie names.
+    fn affinity(&self, service: &Service, parts: &http::request::Parts) -> Affinity {
+        let settings = &service.settings;
+        let key = settings.hash_key.as_ref().and_then(|spec| {
+            let request = RequestParts {
+                headers: &parts.headers,
+                uri: &parts.uri,
+                client_ip: self.peer.ip.as_bytes(),
+            };
+            key::request_key(spec, &request)
+        });
+        let cookie = settings
+            .sticky
+            .as_ref()
+            .and_then(|config| key::cookie(&parts.headers, &config.cookie))
+            .and_then(sticky::parse_token);
+        let sticky = match (&service.sticky, cookie) {
+            (Some(index), Some(token)) => index.find_token(token),
+            _ => None,
+        };
+        Affinity {
+            key,
+            sticky,
+            cookie,
+        }
+    }
+}
+
+/// Where a request would like to go.
+struct Affinity {
+    /// The hashed `hash_key`, when the service has one and the request carries it.
+    key: Option<u64>,
+    /// The ready index the sticky cookie names, if it names a ready backend.
+    sticky: Option<usize>,
+    /// The backend token the sticky cookie carries.
+    cookie: Option<u64>,
+}
+
+impl Affinity {
+    fn cookie_names(&self, backend: &Backend) -> bool {
+        sticky::names(self.cookie, backend)
     }
 }
 
@@ -385,19 +445,32 @@ impl Tried {
 }
 
 /// Pick a backend with room under the service's request limit, avoiding
-/// those already tried; a retry with nothing new left may reuse one.
-fn pick(service: &Service, tried: &mut Tried, retrying: bool) -> Result<usize, ProxyError> {
+/// those already tried; a retry with nothing new left may reuse one. The
+/// backend a sticky cookie names comes first, if it still takes requests.
+fn pick(
+    service: &Service,
+    tried: &mut Tried,
+    retrying: bool,
+    affinity: &Affinity,
+) -> Result<usize, ProxyError> {
     let limit = service.settings.max_requests_per_backend;
+    let has_room = |b: &Backend| limit == 0 || b.active_requests() < limit;
+    if let Some(index) = affinity.sticky {
+        let stuck = service.ready.get(index).filter(|b| {
+            !tried.as_slice().contains(&index) && b.takes_new_requests() && has_room(b)
+        });
+        if stuck.is_some() {
+            return Ok(index);
+        }
+    }
     let mut saw_full = false;
     loop {
-        let choice = service
-            .balancer
-            .pick(&service.ready, tried.as_slice())
-            .or_else(|| {
-                retrying
-                    .then(|| service.balancer.pick(&service.ready, &[]))
-                    .flatten()
-            });
+        let cx = PickContext::new(&service.ready, tried.as_slice()).with_key(affinity.key);
+        let choice = service.balancer.pick(&cx).or_else(|| {
+            retrying
+                .then(|| service.balancer.pick(&PickContext { tried: &[], ..cx }))
+                .flatten()
+        });
         let Some(index) = choice else {
             return Err(if saw_full {
                 ProxyError::LimitReached
@@ -407,14 +480,15 @@ fn pick(service: &Service, tried: &mut Tried, retrying: bool) -> Result<usize, P
         };
         let backend = &service.ready[index];
         if !backend.takes_new_requests() {
-            // Left since this table was built (deregistered, lease over):
+            // Left or drained since this table was built (deregistered,
+            // lease over, drained or set to weight 0 by the admin API):
             // never picked again, whatever the table still says.
             if !tried.push(index) {
                 return Err(ProxyError::NoHealthyBackend);
             }
             continue;
         }
-        if limit == 0 || backend.active_requests() < limit {
+        if has_room(backend) {
             return Ok(index);
         }
         saw_full = true;
@@ -429,6 +503,7 @@ async fn send_with_retries(
     fwd: &Forwarding<'_>,
     template: RequestTemplate,
     body: UpstreamBody,
+    affinity: &Affinity,
 ) -> Result<(Response<Incoming>, ActiveGuard), ProxyError> {
     let service = fwd.service;
     let settings = &service.settings;
@@ -437,7 +512,7 @@ async fn send_with_retries(
     let mut tried = Tried::new();
     let mut retries = 0u32;
     loop {
-        let index = pick(service, &mut tried, retries > 0)?;
+        let index = pick(service, &mut tried, retries > 0, affinity)?;
         tried.push(index);
         fwd.note_attempt(index);
         let backend = &service.ready[index];
@@ -501,6 +576,7 @@ async fn attempt(
             Err(classify(e, reused))
         }
     };
+    record_latency(backend, started, &result);
     let counter = match &result {
         Ok(resp) if !resp.status().is_server_error() => &backend.counters.ok,
         Err(ProxyError::Timeout) => &backend.counters.timeout,
@@ -520,6 +596,22 @@ async fn attempt(
 
 /// Backend connects failing for want of a descriptor: one line per interval.
 static NO_DESCRIPTOR: Throttle = Throttle::new();
+
+/// Feed `p2c_ewma`: the attempt's time to response headers; a failure of
+/// the backend's (refused, reset, timed out, garbled, 5xx) counts as slow,
+/// one of the client's (its body too large, idle or gone) not at all.
+fn record_latency(
+    backend: &Backend,
+    started: Instant,
+    result: &Result<Response<Incoming>, ProxyError>,
+) {
+    let failed = match result {
+        Ok(resp) => resp.status().is_server_error(),
+        Err(ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::ClientGone) => return,
+        Err(_) => true,
+    };
+    backend.record_latency(started.elapsed(), failed);
+}
 
 /// Sort a client error into what the retry rules and the answer need.
 /// `reused`: the request went out on a pooled connection made earlier.

@@ -30,7 +30,7 @@ pub enum RegistryError {
         "{kind} {value} is invalid: use 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
     )]
     BadName { kind: NameKind, value: Shown },
-    #[error("weight {0} is out of range: it must be an integer from 1 to 1000")]
+    #[error("weight {0} is out of range: it must be an integer from 0 to 1000")]
     Weight(Shown),
     #[error("ttl {value} is invalid: {problem}")]
     Ttl { value: Shown, problem: TtlProblem },

@@ -273,6 +273,33 @@ impl EtcdStore {
         Ok(resp.succeeded().then_some(revision))
     }
 
+    /// Store `instance` under its present `lease` (0: none), if the key is
+    /// still there with that lease: an admin `PATCH`, which must neither
+    /// renew nor bring back a registration. `None`: it is gone.
+    pub async fn update(&self, instance: &Instance, lease: i64) -> Result<Option<i64>, EtcdError> {
+        let key = self.key(&instance.service, &instance.id);
+        let value = encode_instance(instance);
+        let (when, options) = if lease == 0 {
+            (Compare::version(key.clone(), CompareOp::Greater, 0), None)
+        } else {
+            (
+                Compare::lease(key.clone(), CompareOp::Equal, lease),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+        };
+        let txn = Txn::new()
+            .when([when])
+            .and_then([TxnOp::put(key, value, options)]);
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(resp.succeeded().then_some(revision))
+    }
+
     /// Delete an instance; the revision of the delete and what was stored,
     /// or `None` when etcd did not have it.
     pub async fn delete(
@@ -459,6 +486,10 @@ impl SharedStore for EtcdStore {
 
     fn renew<'a>(&'a self, instance: &'a Instance, lease: i64) -> StoreFuture<'a, Option<i64>> {
         Box::pin(async move { Ok(EtcdStore::renew(self, instance, lease).await?) })
+    }
+
+    fn update<'a>(&'a self, instance: &'a Instance, lease: i64) -> StoreFuture<'a, Option<i64>> {
+        Box::pin(async move { Ok(EtcdStore::update(self, instance, lease).await?) })
     }
 
     fn delete<'a>(

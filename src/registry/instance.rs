@@ -13,11 +13,12 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Map, Value};
 
 use super::error::{NameKind, RegistryError, Shown, TtlProblem};
+use crate::overrides::Overrides;
 
 /// Longest service name or instance id (SPEC §3).
 pub const MAX_NAME: usize = 128;
 /// Weights a registration may ask for (the config's range).
-pub const WEIGHTS: std::ops::RangeInclusive<u64> = 1..=1000;
+pub const WEIGHTS: std::ops::RangeInclusive<u64> = 0..=1000;
 /// Shortest lease: a shorter one would expire between two heartbeats.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// Longest lease; anything longer is a mistake ("0s" means no expiry).
@@ -32,7 +33,7 @@ pub struct Instance {
     pub address: Arc<str>,
     /// Where connections go: resolved at registration, IPv4-mapped forms reduced.
     pub resolved: SocketAddr,
-    /// 1..=1000.
+    /// 0..=1000, as registered (0 = no new requests).
     pub weight: u32,
     /// The lease length; zero = no expiry.
     pub ttl: Duration,
@@ -41,6 +42,9 @@ pub struct Instance {
     pub expires_at: Option<SystemTime>,
     /// Whatever JSON object the client attached; stored and returned as is.
     pub metadata: Arc<Map<String, Value>>,
+    /// What an operator set with `PATCH` (weight, drain); kept across
+    /// re-registrations, stored with the registration.
+    pub overrides: Overrides,
 }
 
 impl Instance {
@@ -50,7 +54,8 @@ impl Instance {
             "service": &*self.service,
             "id": &*self.id,
             "address": &*self.address,
-            "weight": self.weight,
+            "weight": self.overrides.weight(self.weight),
+            "state": self.overrides.state(),
             "ttl": format_ttl(self.ttl),
             "expires_at": self.expires_at.map(format_time),
             "metadata": &*self.metadata,
@@ -65,6 +70,7 @@ impl Instance {
             && self.weight == other.weight
             && self.ttl == other.ttl
             && self.metadata == other.metadata
+            && self.overrides == other.overrides
     }
 }
 
@@ -127,7 +133,7 @@ fn weight_field(value: Option<Value>) -> Result<u32, RegistryError> {
         return Ok(1);
     };
     let Value::Number(n) = &value else {
-        return Err(wrong_type("weight", "an integer from 1 to 1000"));
+        return Err(wrong_type("weight", "an integer from 0 to 1000"));
     };
     match n.as_u64() {
         Some(w) if WEIGHTS.contains(&w) => Ok(w as u32),
@@ -249,9 +255,6 @@ mod tests {
                     }
                 )
             }),
-            (r#"{"address": "h:1", "weight": 0}"#, |e| {
-                matches!(e, RegistryError::Weight(_))
-            }),
             (r#"{"address": "h:1", "weight": -1}"#, |e| {
                 matches!(e, RegistryError::Weight(_))
             }),
@@ -355,6 +358,7 @@ mod tests {
             ttl: Duration::from_secs(30),
             expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(86_400)),
             metadata: Arc::new(Map::new()),
+            overrides: Overrides::default(),
         };
         let v = instance.to_json();
         assert_eq!(v["expires_at"], "1970-01-02T00:00:00.000Z");

@@ -63,6 +63,8 @@ use entries::{Change, Entry, Inner, Origin};
 pub use error::{NameKind, RegistryError};
 pub use etcd::{EtcdError, EtcdStore};
 pub use instance::{Instance, Registration};
+
+use crate::overrides::Patch;
 pub use shared::{SharedError, SharedStore};
 pub use snapshot::Snapshot;
 pub use store::{Loaded, RegistryStore, StoreError};
@@ -248,6 +250,12 @@ impl Registry {
         let ttl = registration.ttl.unwrap_or(limits.config.default_ttl);
         let (now, wall) = (Instant::now(), SystemTime::now());
         let lease = lease::start(ttl, now, wall);
+        // An operator's PATCH outlives the instance's own re-registrations.
+        let overrides = self
+            .lock()
+            .get(service, id)
+            .map(|e| e.instance.overrides)
+            .unwrap_or_default();
         let instance = Arc::new(Instance {
             service: Arc::from(service),
             id: Arc::from(id),
@@ -257,6 +265,7 @@ impl Registry {
             ttl,
             expires_at: lease.map(|(_, wall)| wall),
             metadata: Arc::new(registration.metadata),
+            overrides,
         });
         let deadline = lease.map(|(at, _)| at);
         let Some(cluster) = &self.cluster else {
@@ -371,6 +380,53 @@ impl Registry {
         };
         self.tell_lease(&instance);
         journal_done(durable).await?;
+        Ok(instance)
+    }
+
+    /// Apply an operator's `PATCH` (weight, drain) to `service`/`id`: stored
+    /// with the registration (and so by the file and etcd stores), lease
+    /// unchanged. `NotFound` when it is not registered.
+    pub async fn patch(
+        &self,
+        service: &str,
+        id: &str,
+        patch: Patch,
+    ) -> Result<Arc<Instance>, RegistryError> {
+        check_name(NameKind::Service, service)?;
+        check_name(NameKind::Instance, id)?;
+        let current = {
+            let inner = self.lock();
+            inner
+                .get(service, id)
+                .map(|e| (Arc::clone(&e.instance), e.lease, e.etcd_lease, e.revision))
+        };
+        let Some((old, lease, etcd_lease, revision)) = current else {
+            return Err(not_found(service, id));
+        };
+        let instance = Arc::new(Instance {
+            overrides: old.overrides.patched(patch),
+            ..Instance::clone(&old)
+        });
+        let mut origin = Origin {
+            revision,
+            etcd_lease,
+        };
+        if let Some(cluster) = &self.cluster {
+            let written = cluster.update(&instance, etcd_lease).await;
+            let Some(revision) = written.map_err(unavailable)? else {
+                self.leave(self.lock(), service, id);
+                return Err(not_found(service, id));
+            };
+            origin.revision = revision;
+        }
+        let mut inner = self.lock();
+        if inner.get(service, id).is_none() {
+            // Deregistered meanwhile: a PATCH does not bring it back.
+            return Err(not_found(service, id));
+        }
+        let deadline = lease.map(|key| key.deadline());
+        let change = inner.apply(Arc::clone(&instance), deadline, origin);
+        self.changed(inner, change, deadline, &[]);
         Ok(instance)
     }
 

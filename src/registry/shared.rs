@@ -40,6 +40,10 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     /// `None` when the lease or the instance is gone.
     fn renew<'a>(&'a self, instance: &'a Instance, lease: i64) -> StoreFuture<'a, Option<i64>>;
 
+    /// Store `instance` in place of the one held under `lease` (0: none),
+    /// keeping that lease; `None` when the instance or its lease is gone.
+    fn update<'a>(&'a self, instance: &'a Instance, lease: i64) -> StoreFuture<'a, Option<i64>>;
+
     /// Delete an instance: the revision and what it held, or `None`.
     fn delete<'a>(
         &'a self,

@@ -68,9 +68,10 @@ impl BackendSource for Registry {
             id: Arc::clone(&i.id),
             address: Arc::clone(&i.address),
             resolved: i.resolved,
-            weight: i.weight,
+            weight: i.overrides.weight(i.weight),
             source: Source::Registry,
             expires_at: i.expires_at,
+            drain: i.overrides.drain,
         }));
     }
 

@@ -31,6 +31,7 @@ use super::error::{NameKind, RegistryError};
 use super::instance::{check_name, format_time, format_ttl, parse_ttl, Instance, WEIGHTS};
 use super::journal::{self, Journal, Replayed};
 use crate::config::StoreConfig;
+use crate::overrides::Overrides;
 
 /// The file format's version; a file with another one is refused, not guessed at.
 const FORMAT_VERSION: u32 = 1;
@@ -347,6 +348,16 @@ struct StoredInstance {
     expires_at: Option<String>,
     #[serde(default)]
     metadata: Map<String, Value>,
+    /// `PATCH`'s weight, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    weight_override: Option<u64>,
+    /// `PATCH`'s `"state": "drain"`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    drain: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 impl From<&Instance> for StoredInstance {
@@ -360,6 +371,8 @@ impl From<&Instance> for StoredInstance {
             ttl: format_ttl(i.ttl),
             expires_at: i.expires_at.map(format_time),
             metadata: Map::clone(&i.metadata),
+            weight_override: i.overrides.weight.map(u64::from),
+            drain: i.overrides.drain,
         }
     }
 }
@@ -375,6 +388,11 @@ impl StoredInstance {
         if !WEIGHTS.contains(&self.weight) {
             return Err(EntryProblem::Weight(self.weight));
         }
+        let weight_override = match self.weight_override {
+            None => None,
+            Some(w) if WEIGHTS.contains(&w) => Some(w as u32),
+            Some(w) => return Err(EntryProblem::Weight(w)),
+        };
         let ttl = parse_ttl(&self.ttl)?;
         let expires_at = match self.expires_at {
             None => None,
@@ -389,6 +407,10 @@ impl StoredInstance {
             ttl,
             expires_at,
             metadata: Arc::new(self.metadata),
+            overrides: Overrides {
+                weight: weight_override,
+                drain: self.drain,
+            },
         })
     }
 }
@@ -430,6 +452,11 @@ mod tests {
             },
             expires_at,
             metadata: Arc::new(metadata),
+            // "b" carries an operator's PATCH, which the store keeps.
+            overrides: Overrides {
+                weight: (id == "b").then_some(0),
+                drain: id == "b",
+            },
         })
     }
 

@@ -405,3 +405,44 @@ async fn joins_are_batched_and_departures_are_immediate() {
     assert_eq!(calls(), 3, "a departure is told at once");
     notifier.abort();
 }
+
+#[tokio::test]
+async fn a_patch_is_stored_with_the_registration_and_outlives_a_re_registration() {
+    use crate::overrides::Patch;
+    let c = config();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(store::FileStore::new(dir.path().join("registry.json")));
+    let r = Arc::new(Registry::open(store.clone(), &c, vec![]).expect("open"));
+    let writer = tokio::spawn(Arc::clone(&r).run_writer());
+    let first = register(&r, &c, "users", "a", Some(60))
+        .await
+        .expect("register");
+    let index = r.index();
+    let patch = Patch {
+        weight: Some(Some(0)),
+        drain: Some(true),
+    };
+    let patched = r.patch("users", "a", patch).await.expect("patch");
+    assert_eq!(
+        patched.expires_at, first.expires_at,
+        "the lease is untouched"
+    );
+    assert_eq!(r.index(), index + 1, "a patch is a membership change");
+    assert_eq!(patched.to_json()["state"], "drain");
+    assert_eq!(patched.to_json()["weight"], 0);
+    // The instance registers again: the operator's override stays.
+    let again = register(&r, &c, "users", "a", Some(60))
+        .await
+        .expect("again");
+    assert!(again.overrides.drain && again.overrides.weight == Some(0));
+    r.flush().await.expect("flush");
+    writer.abort();
+    let reopened = Registry::open(store, &c, vec![]).expect("reopen");
+    let kept = reopened
+        .snapshot()
+        .instance("users", "a")
+        .map(|i| i.overrides);
+    assert_eq!(kept, Some(again.overrides), "the file store keeps it");
+    let unknown = r.patch("users", "zz", patch).await;
+    assert!(matches!(unknown, Err(RegistryError::NotFound { .. })));
+}

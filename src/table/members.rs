@@ -5,7 +5,8 @@
 //! sorted the same way, in one pass:
 //! - same key, same resolved address: keep the backend (its in-flight count,
 //!   health, ejection and metric handles), with the new weight and lease end
-//!   applied in place; it takes requests again if a departure had marked it;
+//!   admin drain applied in place; it takes requests again if a departure
+//!   had marked it;
 //! - a new key or a new address: a new backend, `Unknown` until its first
 //!   check passes when the service has active checks (SPEC §2), else healthy;
 //!   a draining backend declared again at its old address comes back instead;
@@ -18,6 +19,7 @@
 //! instance whose id looks like that address never collide.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use crate::backend::{Backend, Health, Source};
@@ -33,6 +35,11 @@ pub(super) struct Members {
     draining: Vec<Arc<Backend>>,
     /// Left in this rebuild; their metric series go in `finish`.
     gone: Vec<Arc<Backend>>,
+    /// Per service, the in-flight counter all its backends share.
+    loads: HashMap<Arc<str>, Arc<AtomicU32>>,
+    /// The first merge is done: backends created from now on join a running
+    /// proxy, and `slow_start` ramps them up.
+    seeded: bool,
 }
 
 impl Members {
@@ -56,6 +63,11 @@ impl Members {
             self.retire(backend);
         }
         self.end_drains();
+        let draining: HashSet<&Arc<str>> = self.draining.iter().map(|b| &b.service).collect();
+        let live = &self.live;
+        self.loads
+            .retain(|name, _| live.contains_key(name) || draining.contains(name));
+        self.seeded = true;
     }
 
     /// One service: two lists sorted by (source, id), walked together.
@@ -75,6 +87,7 @@ impl Members {
             let backend = match old.next_if(|b| key(b) == d.key()) {
                 Some(kept) if kept.resolved == d.resolved => {
                     kept.set_weight(d.weight);
+                    kept.set_admin_drain(d.drain);
                     kept.set_lease_end(d.expires_at);
                     // Declared again after a departure this table had not
                     // yet seen: it takes requests again.
@@ -85,8 +98,14 @@ impl Members {
                     if let Some(moved) = moved {
                         self.retire(moved);
                     }
-                    self.revive(d)
-                        .unwrap_or_else(|| new_backend(d, checked, metrics))
+                    let load = Arc::clone(self.loads.entry(Arc::clone(&d.service)).or_default());
+                    self.revive(d).unwrap_or_else(|| {
+                        let backend = new_backend(d, checked, metrics, load);
+                        if !self.seeded {
+                            backend.skip_ramp();
+                        }
+                        backend
+                    })
                 }
             };
             merged.push(backend);
@@ -123,6 +142,7 @@ impl Members {
         let backend = self.draining.swap_remove(at);
         backend.set_draining(false);
         backend.set_weight(d.weight);
+        backend.set_admin_drain(d.drain);
         backend.set_lease_end(d.expires_at);
         Some(backend)
     }
@@ -137,6 +157,12 @@ impl Members {
                 self.draining.push(backend);
             }
         }
+    }
+
+    /// The next merge is part of start-up: the backends it creates do not
+    /// slow-start (a source attached before the proxy serves).
+    pub fn starting_up(&mut self) {
+        self.seeded = false;
     }
 
     /// Every service with live or draining backends.
@@ -205,7 +231,12 @@ fn key(backend: &Backend) -> (Source, &str) {
 
 /// A new backend for `d`. With active checks it starts `Unknown` and takes no
 /// traffic until a check passes (SPEC §2).
-fn new_backend(d: &Declared, checked: bool, metrics: &Metrics) -> Arc<Backend> {
+fn new_backend(
+    d: &Declared,
+    checked: bool,
+    metrics: &Metrics,
+    load: Arc<AtomicU32>,
+) -> Arc<Backend> {
     let backend = Backend::new(
         Arc::clone(&d.service),
         Arc::clone(&d.id),
@@ -214,10 +245,12 @@ fn new_backend(d: &Declared, checked: bool, metrics: &Metrics) -> Arc<Backend> {
         d.weight,
         d.source,
         metrics.backend_counters(&d.service, &d.address),
-    );
+    )
+    .sharing_service_load(load);
     if checked {
         backend.set_health(Health::Unknown);
     }
     backend.set_lease_end(d.expires_at);
+    backend.set_admin_drain(d.drain);
     Arc::new(backend)
 }

@@ -34,6 +34,9 @@ impl Publisher {
     pub fn add_source(&self, source: Arc<dyn BackendSource>) {
         let mut state = self.lock();
         state.sources.push(source);
+        // Attached at start-up: what it holds already (a durable store's
+        // instances) belongs to the first table and does not slow-start.
+        state.members.starting_up();
         self.publish_rebuilt(&mut state);
     }
 

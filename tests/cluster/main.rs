@@ -15,6 +15,7 @@
 mod support;
 
 mod etcd;
+mod patch;
 
 use std::collections::BTreeSet;
 use std::future::Future;

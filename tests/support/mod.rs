@@ -29,6 +29,7 @@ pub mod logs;
 pub mod pki;
 pub mod promtool;
 pub mod registry_api;
+pub mod slow;
 #[allow(unused_imports)]
 pub use logs::*;
 #[allow(unused_imports)]

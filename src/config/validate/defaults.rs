@@ -88,6 +88,10 @@ pub(in crate::config) fn default_service() -> ServiceConfig {
         max_requests_per_backend: 0,
         panic_threshold: 0,
         tls: UpstreamTls::default(),
+        hash_key: None,
+        hash_balance_factor: 0,
+        slow_start: Duration::ZERO,
+        sticky: None,
     }
 }
 

@@ -11,8 +11,8 @@ use super::addresses::{normalize_host, resolve_backend};
 use super::ctx::{take, Ctx};
 use super::defaults::{default_health_check, default_outlier, default_retry, default_service};
 use super::raw::{
-    RawBackend, RawBalance, RawHealthCheck, RawHealthKind, RawOutlier, RawProtocol, RawRetry,
-    RawRoute, RawService, Text,
+    RawBackend, RawHealthCheck, RawHealthKind, RawOutlier, RawProtocol, RawRetry, RawRoute,
+    RawService, Text,
 };
 use super::upstream_tls::upstream_tls;
 use super::values::{
@@ -20,18 +20,16 @@ use super::values::{
     service_key, U32_MAX,
 };
 use crate::config::{
-    BackendConfig, BalancePolicy, HealthCheckConfig, HealthCheckKind, OutlierConfig, RetryConfig,
-    RouteConfig, ServiceConfig, UpstreamProtocol,
+    BackendConfig, HealthCheckConfig, HealthCheckKind, OutlierConfig, RetryConfig, RouteConfig,
+    ServiceConfig, UpstreamProtocol,
 };
 
 pub(super) fn service(cx: &mut Ctx, name: &Text, raw: &RawService) -> ServiceConfig {
     let key = service_key(name.get_ref());
     cx.check(name, &key, |n| check_name(n));
     let d = default_service();
-    let balance = raw.balance.map_or(d.balance, |b| match b {
-        RawBalance::RoundRobin => BalancePolicy::RoundRobin,
-        RawBalance::LeastConn => BalancePolicy::LeastConn,
-    });
+    let balance = raw.balance.as_ref().map_or(d.balance, |b| *b.get_ref());
+    let balancing = super::balancing::balancing(cx, &key, raw, balance);
     let protocol = raw.protocol.map_or(d.protocol, |p| match p {
         RawProtocol::Http1 => UpstreamProtocol::Http1,
         RawProtocol::H2c => UpstreamProtocol::H2c,
@@ -58,6 +56,10 @@ pub(super) fn service(cx: &mut Ctx, name: &Text, raw: &RawService) -> ServiceCon
         max_requests_per_backend: take!(cx, key, int(raw.max_requests_per_backend, d, 0..=U32_MAX)),
         panic_threshold: take!(cx, key, int(raw.panic_threshold, d, 0..=100)),
         tls: upstream_tls(cx, &key, raw, protocol),
+        hash_key: balancing.hash_key,
+        hash_balance_factor: balancing.hash_balance_factor,
+        slow_start: balancing.slow_start,
+        sticky: balancing.sticky,
     }
 }
 
@@ -93,7 +95,7 @@ fn backend(cx: &mut Ctx, at: &str, entry: &Spanned<RawBackend>) -> Option<Backen
     };
     let resolved = cx.check(&address, &address_key, |s| resolve_backend(s));
     let weight = match weight {
-        Some(w) => cx.check(w, &format!("{at}.weight"), |n| in_range(*n, &(1..=1000))),
+        Some(w) => cx.check(w, &format!("{at}.weight"), |n| in_range(*n, &(0..=1000))),
         None => Some(1),
     };
     Some(BackendConfig {

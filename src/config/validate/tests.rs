@@ -4,6 +4,7 @@
 //! (durations, limits, names, paths, stores, tokens) and [`listeners`]
 //! (addresses, networks, hosts, overlaps, TLS). The shared helpers live here.
 
+mod balancing;
 mod full;
 mod listeners;
 mod reporting;

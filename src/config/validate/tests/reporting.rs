@@ -63,7 +63,7 @@ fn every_semantic_error_is_reported_at_once() {
 idle_timeout = "soon"
 max_headers = 0
 [services.users]
-backends = ["127.0.0.1:0", { address = "127.0.0.1:1", weight = 0 }]
+backends = ["127.0.0.1:0", { address = "127.0.0.1:1", weight = 1001 }]
 [services.users.retry]
 attempts = 11
 [[routes]]
@@ -91,9 +91,9 @@ fn the_display_format_is_file_line_col_key_message() {
     let e = fails(
         "[services.a]\nbackends = [{ address = \"127.0.0.1:1\", weight = 1001 }]\n",
         "services.a.backends[0].weight",
-        "1 to 1000",
+        "0 to 1000",
     );
-    let shown = "test.toml:2:49: services.a.backends[0].weight: must be from 1 to 1000, got 1001";
+    let shown = "test.toml:2:49: services.a.backends[0].weight: must be from 0 to 1000, got 1001";
     assert_eq!(e.to_string(), shown);
 }
 

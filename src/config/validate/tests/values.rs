@@ -35,11 +35,13 @@ fn durations_parse_and_refuse_zero_where_meaningless() {
 }
 
 #[test]
-fn weights_are_1_to_1000_and_backends_unique() {
+fn weights_are_0_to_1000_and_backends_unique() {
+    let zero = "[services.a]\nbackends = [{ address = \"127.0.0.1:1\", weight = 0 }]\n";
+    assert_eq!(service(&parse_ok(zero), "a").backends[0].weight, 0);
     fails(
-        "[services.a]\nbackends = [{ address = \"127.0.0.1:1\", weight = 0 }]\n",
+        "[services.a]\nbackends = [{ address = \"127.0.0.1:1\", weight = 1001 }]\n",
         "services.a.backends[0].weight",
-        "got 0",
+        "got 1001",
     );
     fails(
         "[services.a]\nbackends = [{ address = \"127.0.0.1:1\", weight = -3 }]\n",
