@@ -419,14 +419,19 @@ impl Registry {
             };
             origin.revision = revision;
         }
-        let mut inner = self.lock();
-        if inner.get(service, id).is_none() {
-            // Deregistered meanwhile: a PATCH does not bring it back.
-            return Err(not_found(service, id));
-        }
-        let deadline = lease.map(|key| key.deadline());
-        let change = inner.apply(Arc::clone(&instance), deadline, origin);
-        self.changed(inner, change, deadline, &[]);
+        let durable = {
+            let mut inner = self.lock();
+            if inner.get(service, id).is_none() {
+                // Deregistered meanwhile: a PATCH does not bring it back.
+                return Err(not_found(service, id));
+            }
+            let deadline = lease.map(|key| key.deadline());
+            let change = inner.apply(Arc::clone(&instance), deadline, origin);
+            let durable = self.journal_put(&inner, &instance);
+            self.changed(inner, change, deadline, &[]);
+            durable
+        };
+        journal_done(durable).await?;
         Ok(instance)
     }
 
