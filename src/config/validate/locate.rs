@@ -133,7 +133,7 @@ service = "b"
 "#;
 
     fn doc() -> Table {
-        toml_edit::ImDocument::parse(TEXT)
+        toml_edit::Document::parse(TEXT)
             .expect("parses")
             .into_table()
     }
