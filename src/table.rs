@@ -380,7 +380,7 @@ impl State {
         self.cursors.retain(|k, _| by_name.contains_key(k));
         // TLS pools are per service: drop those of removed services.
         self.clients
-            .retain(|k, _| k.service().map_or(true, |s| by_name.contains_key(s)));
+            .retain(|k, _| k.service().is_none_or(|s| by_name.contains_key(s)));
         Table {
             routes: Arc::new(route_table(&config, &by_name)),
             services,

@@ -153,7 +153,7 @@ async fn health_reply(mode: Mode, hit: usize) -> Option<String> {
     Some(match mode {
         Mode::Good => status(200),
         Mode::Status(code) => status(code),
-        Mode::Flap if hit % 2 == 0 => status(200),
+        Mode::Flap if hit.is_multiple_of(2) => status(200),
         Mode::Flap => status(500),
         Mode::Redirect => {
             "HTTP/1.1 302 Found\r\nlocation: /ok\r\ncontent-length: 0\r\n\r\n".to_string()

@@ -189,7 +189,7 @@ impl Writer {
         if let Err(e) = self.sink.write_all(&self.buf) {
             self.dropped.inc_by(self.lines);
             let now = Instant::now();
-            if self.last_error.map_or(true, |at| now - at >= ERROR_EVERY) {
+            if self.last_error.is_none_or(|at| now - at >= ERROR_EVERY) {
                 self.last_error = Some(now);
                 tracing::error!(error = %e, "cannot write the access log; lines dropped");
             }

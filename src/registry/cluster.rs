@@ -58,7 +58,7 @@ impl Registry {
 
     /// Whether the store is reachable (always true but in cluster mode).
     pub fn store_up(&self) -> bool {
-        self.cluster.as_ref().map_or(true, |c| c.is_up())
+        self.cluster.as_ref().is_none_or(|c| c.is_up())
     }
 
     /// Follow etcd's changes from `after` on; runs until aborted.

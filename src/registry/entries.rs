@@ -109,7 +109,7 @@ impl Inner {
         let key: Key = (Arc::clone(&instance.service), Arc::clone(&instance.id));
         let old = self.detach(&key.0, &key.1);
         let lease = deadline.map(|at| self.leases.insert(at, key.clone()));
-        let changed = old.map_or(true, |old| !old.instance.same_registration(&instance));
+        let changed = old.is_none_or(|old| !old.instance.same_registration(&instance));
         let entry = Entry {
             instance,
             lease,

@@ -568,7 +568,7 @@ impl Registry {
             inner.index = (inner.index + 1).max(revision);
         }
         let index = inner.index;
-        let wake_expiry = lease.is_some_and(|at| inner.armed.map_or(true, |armed| at < armed));
+        let wake_expiry = lease.is_some_and(|at| inner.armed.is_none_or(|armed| at < armed));
         drop(inner);
         self.dirty.notify_one();
         if wake_expiry {

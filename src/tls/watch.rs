@@ -45,7 +45,7 @@ pub(super) struct FolderWatch {
 
 /// Whether a watch needs setting up again (absent or broken).
 pub(super) fn needs_rewatch(watch: Option<&FolderWatch>) -> bool {
-    !watch.is_some_and(|w| !w.broken.load(Ordering::Relaxed))
+    watch.is_none_or(|w| w.broken.load(Ordering::Relaxed))
 }
 
 /// Where folder events go (cloned into each watcher's callback).

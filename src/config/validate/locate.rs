@@ -33,7 +33,7 @@ fn covers(span: Option<Range<usize>>, offset: usize) -> bool {
 /// Keeps `path` when it is deeper than the best so far. Tables under
 /// different headers do not nest by span, so every branch is visited.
 fn consider(path: &[Seg], best: &mut Option<Vec<Seg>>) {
-    if best.as_ref().map_or(true, |b| path.len() > b.len()) {
+    if best.as_ref().is_none_or(|b| path.len() > b.len()) {
         *best = Some(path.to_vec());
     }
 }
@@ -133,7 +133,7 @@ service = "b"
 "#;
 
     fn doc() -> Table {
-        toml_edit::ImDocument::parse(TEXT)
+        toml_edit::Document::parse(TEXT)
             .expect("parses")
             .into_table()
     }

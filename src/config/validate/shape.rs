@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use toml_edit::{DocumentMut, ImDocument};
+use toml_edit::{Document, DocumentMut};
 
 use super::errors::{key_segment, line_col, ConfigError};
 use super::locate::{path_at, remove_key, spell, Seg};
@@ -38,7 +38,7 @@ pub(super) struct Shape {
 /// Parses `text`; `Err` is the one syntax error.
 pub(super) fn read(text: &str, origin: &Path) -> Result<Shape, ConfigError> {
     let doc =
-        ImDocument::parse(text).map_err(|e| syntax_error(origin, text, e.message(), e.span()))?;
+        Document::parse(text).map_err(|e| syntax_error(origin, text, e.message(), e.span()))?;
     let mut table = doc.into_table();
     let mut shape = Shape {
         raw: None,
@@ -162,6 +162,6 @@ mod tests {
     fn a_syntax_error_is_the_only_error() {
         let e = read("[proxy]\nlisten = [\n", Path::new("t.toml")).err();
         let e = e.expect("syntax error");
-        assert_eq!((e.line, e.key.as_str()), (3, "proxy"));
+        assert_eq!((e.line, e.key.as_str()), (2, "proxy.listen"));
     }
 }

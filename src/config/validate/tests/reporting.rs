@@ -52,8 +52,21 @@ backends = [
         "services.a.health_check.intervl",
         "unknown field",
     );
-    let e = fails("[proxy]\nlisten = [\"a\"\n", "proxy", "expected");
-    assert_eq!(e.line, 3);
+    // The parser reports an unclosed array where its line ends, under its key.
+    let e = fails("[proxy]\nlisten = [\"a\"\n", "proxy.listen", "expected");
+    assert_eq!(e.line, 2);
+}
+
+/// TOML 1.1 (the toml crate from 1.0): an inline table may span lines and end
+/// with a comma; the key and value errors inside keep their own line.
+#[test]
+fn a_multi_line_inline_table_is_read_as_toml_1_1() {
+    let text = "[services.a]\nbackends = [{\n  address = \"127.0.0.1:1\",\n  weight = 2,\n}]\n";
+    let config = parse_ok(text);
+    assert_eq!(service(&config, "a").backends[0].weight, 2);
+    let text = "[services.a]\nbackends = [{\n  address = \"127.0.0.1:1\",\n  wieght = 2,\n}]\n";
+    let e = fails(text, "services.a.backends[0].wieght", "unknown field");
+    assert_eq!((e.line, e.column), (4, 3));
 }
 
 #[test]
