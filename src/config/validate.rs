@@ -65,9 +65,9 @@ pub(super) fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     load_file_for(path, Purpose::Serve)
 }
 
-/// [`load_file`] for a given [`Purpose`].
-pub(super) fn load_file_for(path: &Path, purpose: Purpose) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+/// The config file's text, or the one error saying why it cannot be read.
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: 0,
@@ -75,7 +75,12 @@ pub(super) fn load_file_for(path: &Path, purpose: Purpose) -> Result<Config, Con
             key: "<file>".into(),
             message: format!("cannot read the config file: {e}"),
         }])
-    })?;
+    })
+}
+
+/// [`load_file`] for a given [`Purpose`].
+pub(super) fn load_file_for(path: &Path, purpose: Purpose) -> Result<Config, ConfigErrors> {
+    let text = read_config(path)?;
     let mut config = parse_str_for(&text, path, purpose)?;
     config.path = Some(absolute(path));
     Ok(config)
@@ -85,15 +90,7 @@ pub(super) fn load_file_for(path: &Path, purpose: Purpose) -> Result<Config, Con
 /// variable is a warning), plus its certificate pass ([`certificates`]):
 /// every error of both, in file order.
 pub(super) fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            key: "<file>".into(),
-            message: format!("cannot read the config file: {e}"),
-        }])
-    })?;
+    let text = read_config(path)?;
     let loaded = parse_str_for(&text, path, Purpose::Check).map(|mut config| {
         config.path = Some(absolute(path));
         config
