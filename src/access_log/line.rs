@@ -20,31 +20,53 @@ pub fn write(out: &mut Vec<u8>, entry: &Entry, format: AccessLogFormat) {
 }
 
 fn json(out: &mut Vec<u8>, e: &Entry) {
-    let time = Civil::from(e.time);
+    // Digits are written by hand: `write!` costs more than the rest of a
+    // line (the log's cost is measured per request, BENCHMARKS.md).
+    let t = Civil::from(e.time);
+    out.extend_from_slice(b"{\"time\":\"");
+    push_padded(out, u64::try_from(t.year).unwrap_or(0), 4);
+    out.push(b'-');
+    push_padded(out, u64::from(t.month), 2);
+    out.push(b'-');
+    push_padded(out, u64::from(t.day), 2);
+    out.push(b'T');
+    push_padded(out, u64::from(t.hour), 2);
+    out.push(b':');
+    push_padded(out, u64::from(t.minute), 2);
+    out.push(b':');
+    push_padded(out, u64::from(t.second), 2);
+    out.push(b'.');
+    push_padded(out, u64::from(t.millis), 3);
+    out.extend_from_slice(b"Z\",\"client\":\"");
     // Writes into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{{\"time\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\",\"client\":\"{}\",\"method\":",
-        time.year, time.month, time.day, time.hour, time.minute, time.second, time.millis, e.client
-    );
+    let _ = write!(out, "{}", e.client);
+    out.extend_from_slice(b"\",\"method\":");
     json_str(out, e.method.as_str().as_bytes());
     out.extend_from_slice(b",\"host\":");
     json_opt(out, e.host.as_ref().map(HeaderValue::as_bytes));
     out.extend_from_slice(b",\"path\":");
     json_str(out, target(e).as_bytes());
-    let _ = write!(
-        out,
-        ",\"protocol\":\"{}\",\"status\":{},\"bytes_received\":{},\"bytes_sent\":{},\"duration_ms\":{:.3},\"service\":",
-        protocol(e.version),
-        e.status,
-        e.received,
-        e.sent,
-        e.duration.as_secs_f64() * 1000.0
-    );
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(protocol(e.version).as_bytes());
+    out.extend_from_slice(b"\",\"status\":");
+    push_padded(out, u64::from(e.status), 1);
+    out.extend_from_slice(b",\"bytes_received\":");
+    push_padded(out, e.received, 1);
+    out.extend_from_slice(b",\"bytes_sent\":");
+    push_padded(out, e.sent, 1);
+    // Milliseconds with three decimals, from whole microseconds.
+    let micros = u64::try_from(e.duration.as_micros()).unwrap_or(u64::MAX);
+    out.extend_from_slice(b",\"duration_ms\":");
+    push_padded(out, micros / 1000, 1);
+    out.push(b'.');
+    push_padded(out, micros % 1000, 3);
+    out.extend_from_slice(b",\"service\":");
     json_opt(out, e.service.as_deref().map(str::as_bytes));
     out.extend_from_slice(b",\"backend\":");
     json_opt(out, e.backend.as_deref().map(str::as_bytes));
-    let _ = write!(out, ",\"attempts\":{},\"error\":", e.attempts);
+    out.extend_from_slice(b",\"attempts\":");
+    push_padded(out, u64::from(e.attempts), 1);
+    out.extend_from_slice(b",\"error\":");
     json_opt(out, e.error.map(str::as_bytes));
     out.extend_from_slice(b",\"user_agent\":");
     json_opt(out, e.user_agent.as_ref().map(HeaderValue::as_bytes));
@@ -55,9 +77,39 @@ fn json(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(b"}\n");
 }
 
+/// `n` in decimal, left-padded with zeros to at least `width` digits.
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for _ in (digits.len() - at)..width {
+        out.push(b'0');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// A JSON string; bytes that are not UTF-8 (header values may hold any
 /// octet) become U+FFFD.
 fn json_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Nearly every value (paths, hosts, user agents, ids) is printable
+    // ASCII with nothing to escape: copied as is, no UTF-8 pass, no escaper.
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let text = String::from_utf8_lossy(bytes);
     let _ = serde_json::to_writer(&mut *out, text.as_ref());
 }
@@ -221,6 +273,22 @@ mod tests {
                 c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
             );
             assert_eq!(ours, humantime::format_rfc3339_millis(t).to_string());
+        }
+    }
+
+    #[test]
+    fn digits_are_padded_as_format_would() {
+        for (n, width) in [
+            (0u64, 1),
+            (7, 3),
+            (42, 2),
+            (2026, 4),
+            (123_456, 3),
+            (u64::MAX, 1),
+        ] {
+            let mut out = Vec::new();
+            push_padded(&mut out, n, width);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:0width$}"));
         }
     }
 
