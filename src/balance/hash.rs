@@ -121,8 +121,9 @@ impl Hash {
         let weight = u64::from(backend.weight());
         let numerator = self.factor * (service_load + 1) * weight;
         let denominator = 100 * self.total_weight;
-        let capacity = numerator.div_ceil(denominator);
-        u64::from(backend.active_requests()) < capacity
+        // active < ⌈n / d⌉ ⟺ active · d < n for integers: no division on
+        // the pick path (two divisions were a fifth of a bounded pick).
+        u64::from(backend.active_requests()).saturating_mul(denominator) < numerator
     }
 }
 
