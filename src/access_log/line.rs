@@ -38,8 +38,7 @@ fn json(out: &mut Vec<u8>, e: &Entry) {
     out.push(b'.');
     push_padded(out, u64::from(t.millis), 3);
     out.extend_from_slice(b"Z\",\"client\":\"");
-    // Writes into a Vec cannot fail.
-    let _ = write!(out, "{}", e.client);
+    push_addr(out, e.client);
     out.extend_from_slice(b"\",\"method\":");
     json_str(out, e.method.as_str().as_bytes());
     out.extend_from_slice(b",\"host\":");
@@ -75,6 +74,27 @@ fn json(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(b",\"request_id\":");
     json_str(out, e.request_id.as_bytes());
     out.extend_from_slice(b"}\n");
+}
+
+/// `ip:port` as `SocketAddr`'s `Display` writes it; IPv4 by hand (nearly
+/// every client), IPv6 through `core::fmt` (its zero compression).
+fn push_addr(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_padded(out, u64::from(octet), 1);
+            }
+            out.push(b':');
+            push_padded(out, u64::from(v4.port()), 1);
+        }
+        // Writes into a Vec cannot fail.
+        v6 => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// `n` in decimal, left-padded with zeros to at least `width` digits.
@@ -273,6 +293,25 @@ mod tests {
                 c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
             );
             assert_eq!(ours, humantime::format_rfc3339_millis(t).to_string());
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_would() {
+        for addr in [
+            "127.0.0.1:80",
+            "10.200.0.255:65535",
+            "0.0.0.0:0",
+            "[::1]:8080",
+            "[fe80::1%2]:1",
+        ] {
+            let addr: std::net::SocketAddr = match addr.parse() {
+                Ok(a) => a,
+                Err(_) => continue, // scope ids do not parse everywhere
+            };
+            let mut out = Vec::new();
+            push_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
         }
     }
 
