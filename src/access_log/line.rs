@@ -22,21 +22,8 @@ pub fn write(out: &mut Vec<u8>, entry: &Entry, format: AccessLogFormat) {
 fn json(out: &mut Vec<u8>, e: &Entry) {
     // Digits are written by hand: `write!` costs more than the rest of a
     // line (the log's cost is measured per request, BENCHMARKS.md).
-    let t = Civil::from(e.time);
     out.extend_from_slice(b"{\"time\":\"");
-    push_padded(out, u64::try_from(t.year).unwrap_or(0), 4);
-    out.push(b'-');
-    push_padded(out, u64::from(t.month), 2);
-    out.push(b'-');
-    push_padded(out, u64::from(t.day), 2);
-    out.push(b'T');
-    push_padded(out, u64::from(t.hour), 2);
-    out.push(b':');
-    push_padded(out, u64::from(t.minute), 2);
-    out.push(b':');
-    push_padded(out, u64::from(t.second), 2);
-    out.push(b'.');
-    push_padded(out, u64::from(t.millis), 3);
+    push_time(out, e.time);
     out.extend_from_slice(b"Z\",\"client\":\"");
     push_addr(out, e.client);
     out.extend_from_slice(b"\",\"method\":");
@@ -74,6 +61,44 @@ fn json(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(b",\"request_id\":");
     json_str(out, e.request_id.as_bytes());
     out.extend_from_slice(b"}\n");
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmm`; the calendar part is worked out once per
+/// second (lines come in time order, so nearly every line reuses it).
+fn push_time(out: &mut Vec<u8>, time: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (cached, mut text) = SECOND.with(std::cell::Cell::get);
+    if cached != secs {
+        let t = Civil::from(time);
+        let mut buf = Vec::with_capacity(19);
+        push_padded(&mut buf, u64::try_from(t.year).unwrap_or(0), 4);
+        buf.push(b'-');
+        push_padded(&mut buf, u64::from(t.month), 2);
+        buf.push(b'-');
+        push_padded(&mut buf, u64::from(t.day), 2);
+        buf.push(b'T');
+        push_padded(&mut buf, u64::from(t.hour), 2);
+        buf.push(b':');
+        push_padded(&mut buf, u64::from(t.minute), 2);
+        buf.push(b':');
+        push_padded(&mut buf, u64::from(t.second), 2);
+        if buf.len() != 19 {
+            // A year past 9999: no cache, write it as it comes.
+            out.extend_from_slice(&buf);
+            out.push(b'.');
+            push_padded(out, u64::from(since.subsec_millis()), 3);
+            return;
+        }
+        text.copy_from_slice(&buf);
+        SECOND.with(|c| c.set((secs, text)));
+    }
+    out.extend_from_slice(&text);
+    out.push(b'.');
+    push_padded(out, u64::from(since.subsec_millis()), 3);
 }
 
 /// `ip:port` as `SocketAddr`'s `Display` writes it; IPv4 by hand (nearly
@@ -293,6 +318,25 @@ mod tests {
                 c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
             );
             assert_eq!(ours, humantime::format_rfc3339_millis(t).to_string());
+        }
+    }
+
+    #[test]
+    fn timestamps_match_humantime_across_seconds() {
+        for millis in [
+            0u64,
+            999,
+            1_000,
+            1_709_164_800_123,
+            1_709_164_800_999,
+            1_709_164_801_000,
+            4_102_444_799_500,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(millis);
+            let mut out = Vec::new();
+            push_time(&mut out, t);
+            let want = humantime::format_rfc3339_millis(t).to_string();
+            assert_eq!(String::from_utf8(out).unwrap(), want.trim_end_matches('Z'));
         }
     }
 
