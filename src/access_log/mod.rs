@@ -37,8 +37,11 @@ const CLIENT_CLOSED: u16 = 499;
 /// One request, as the log line will tell it.
 #[derive(Debug)]
 pub struct Entry {
-    /// When the request arrived.
+    /// When the request arrived, on the wall clock: worked out by the
+    /// writer from `arrived` (one clock read per batch, none per request).
     pub time: SystemTime,
+    /// When the request arrived.
+    pub arrived: Instant,
     pub client: SocketAddr,
     pub method: Method,
     /// `Host`, or the HTTP/2 `:authority`.
@@ -201,7 +204,8 @@ impl AccessLogSwitch {
             HeaderValue::from_str(authority.as_str()).ok()
         });
         let entry = Entry {
-            time: SystemTime::now(),
+            time: SystemTime::UNIX_EPOCH,
+            arrived: started,
             client,
             method: req.method().clone(),
             host,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
 
@@ -47,6 +47,7 @@ pub(super) fn spawn(
         dropped,
         reopen,
         last_error: None,
+        clocks: None,
     };
     std::thread::Builder::new()
         .name("access-log".into())
@@ -119,12 +120,15 @@ struct Writer {
     dropped: IntCounter,
     reopen: Arc<AtomicBool>,
     last_error: Option<Instant>,
+    /// (wall, monotonic) read once for the batch being written.
+    clocks: Option<(SystemTime, Instant)>,
 }
 
 impl Writer {
     fn run(&mut self, rx: Receiver<Message>) {
         // Idle: block until a line (or a reopen) comes.
         while let Ok(first) = rx.recv() {
+            self.clocks = None;
             self.take(first);
             // Busy: drain, write, pause; back to blocking once a pause brought nothing.
             loop {
@@ -143,8 +147,19 @@ impl Writer {
         self.flush();
     }
 
+    /// The wall-clock time of `arrived`, from one reading of both clocks
+    /// per batch (a batch spans at most a few tens of ms).
+    fn wall_time(&mut self, arrived: Instant) -> SystemTime {
+        let (wall, mono) = *self
+            .clocks
+            .get_or_insert_with(|| (SystemTime::now(), Instant::now()));
+        wall.checked_sub(mono.saturating_duration_since(arrived))
+            .unwrap_or(wall)
+    }
+
     /// Everything queued now; (messages taken, whether senders remain).
     fn drain(&mut self, rx: &Receiver<Message>) -> (usize, bool) {
+        self.clocks = None;
         let mut taken = 0;
         loop {
             match rx.try_recv() {
@@ -160,7 +175,8 @@ impl Writer {
 
     fn take(&mut self, message: Message) {
         match message {
-            Message::Line(entry) => {
+            Message::Line(mut entry) => {
+                entry.time = self.wall_time(entry.arrived);
                 line::write(&mut self.buf, &entry, self.format);
                 self.lines += 1;
                 if self.buf.len() >= FLUSH_AT {
