@@ -467,8 +467,17 @@ async fn checks_of_a_backend_removed_by_a_reload_stop() {
         "a still listed"
     );
 
-    // The supervisor notices within a poll (200 ms); a check may be in flight.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The supervisor stops a's checker at the next publish; a check may be
+    // in flight. Settled once a's count stays put while b is checked twice.
+    eventually(WAIT, "a's checks to stop", || async {
+        let (a_now, b_now) = (a.health_hits(), b.health_hits());
+        eventually(WAIT, "b to be checked twice", || async {
+            b.health_hits() >= b_now + 2
+        })
+        .await;
+        a.health_hits() == a_now
+    })
+    .await;
     let settled = a.health_hits();
     let b_before = b.health_hits();
     // Ten intervals: a stopped checker stays silent while b's keeps going.

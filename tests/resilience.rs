@@ -459,9 +459,15 @@ async fn the_panic_threshold_chooses_between_the_survivor_and_every_backend() {
         who.iter().all(|w| w.as_deref() == Some("a"))
     })
     .await;
-    // The same table rebuild carries panicky's health; wait well past it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // panic_threshold = 80 (1 of 3 ready is 33 %): spread over all three.
+    // panic_threshold = 80 (1 of 3 ready is 33 %): spread over all three,
+    // once the rebuild that carries panicky's health is published.
+    eventually(WAIT, "panicky traffic to reach all three", || async {
+        let who = answers(app.proxy, "panicky", 9).await;
+        ["a", "b", "c"]
+            .iter()
+            .all(|name| who.iter().any(|w| w.as_deref() == Some(*name)))
+    })
+    .await;
     let who = answers(app.proxy, "panicky", 9).await;
     let names: Vec<&str> = who.iter().map(|w| w.as_deref().unwrap_or("-")).collect();
     let counts = tally(&names);

@@ -77,8 +77,21 @@ async fn a_hanging_backend_times_out_with_504_then_is_ejected_and_returns() {
         Some(false)
     );
 
-    // The ready list follows at the next coalesced rebuild (tens of ms).
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The ready list follows at the next coalesced rebuild: wait until the
+    // proxy sends everything to the good one, then count from there.
+    eventually(
+        WAIT,
+        "the ejected backend to leave the ready list",
+        || async {
+            let mut all_good = true;
+            for i in 0..4 {
+                let resp = http.get(app.proxy, &format!("/svc/settle{i}")).await;
+                all_good &= resp.status == 200 && resp.backend() == Some("good");
+            }
+            all_good
+        },
+    )
+    .await;
     let seen_before = hang.requests();
     for i in 0..6 {
         let resp = http.get(app.proxy, &format!("/svc/ejected{i}")).await;
