@@ -75,6 +75,9 @@ pub struct Reloader {
 /// Quiet time after the last file event before the file is read: one save
 /// is often several events (truncate, write, rename).
 const SETTLE: Duration = Duration::from_millis(200);
+/// The longest a stream of changes can hold a reload back: a file written
+/// without pause is still picked up (within SPEC's 2 s).
+const SETTLE_AT_MOST: Duration = Duration::from_secs(1);
 
 impl Reloader {
     /// `path` is the file the running config was just loaded from.
@@ -300,14 +303,55 @@ fn same_tls_listeners(old: &Config, new: &Config) -> bool {
     shape(old) == shape(new)
 }
 
-/// Wait until no event came for [`SETTLE`]; false when the watcher is gone.
+/// Wait until no event came for [`SETTLE`], or [`SETTLE_AT_MOST`] passed;
+/// false when the watcher is gone.
 async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> bool {
+    let give_up = tokio::time::Instant::now() + SETTLE_AT_MOST;
     loop {
-        match tokio::time::timeout(SETTLE, rx.recv()).await {
-            Ok(Some(())) => continue,
+        let wait = SETTLE.min(give_up.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(())) if tokio::time::Instant::now() < give_up => continue,
+            Ok(Some(())) => return true,
             Ok(None) => return false,
             Err(_quiet) => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_written_without_pause_is_still_reloaded() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // An event every 50 ms, for 10 s: never quiet for SETTLE.
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                if tx.send(()).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        assert!(settle(&mut rx).await);
+        let waited = started.elapsed();
+        assert!(
+            waited <= SETTLE_AT_MOST + Duration::from_millis(50),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_file_settles_after_settle() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(()).unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(settle(&mut rx).await);
+        assert_eq!(started.elapsed(), SETTLE);
+        drop(tx);
+        assert!(!settle(&mut rx).await);
     }
 }
 
