@@ -318,6 +318,14 @@ async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> bool {
     }
 }
 
+/// Content fingerprint, so touching a file or a no-op save does not reload.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,12 +361,4 @@ mod tests {
         drop(tx);
         assert!(!settle(&mut rx).await);
     }
-}
-
-/// Content fingerprint, so touching a file or a no-op save does not reload.
-fn fingerprint(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
 }
