@@ -5,38 +5,8 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use http::StatusCode;
 use support::*;
-
-fn promtool_check(text: &str) -> (bool, String) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "promtool not runnable ({e}); install Debian's `prometheus` package (.ci/run does)"
-        ),
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .expect("write metrics to promtool");
-    }
-    let out = child.wait_with_output().expect("promtool runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), report)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_metrics() {
@@ -80,7 +50,7 @@ async fn promtool_accepts_the_metrics() {
             "{family} missing from /metrics:\n{text}"
         );
     }
-    let (ok, report) = promtool_check(&text);
+    let (ok, report) = support::promtool::promtool_accepts(&text);
     assert!(
         ok,
         "promtool check metrics failed:\n{report}\n--- metrics ---\n{text}"
