@@ -14,8 +14,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -78,7 +76,7 @@ pub struct App {
     /// `[[proxy.tls]]` sockets with their certificates, loaded at bind.
     tls_sockets: Vec<(TcpListener, Arc<ServerConfig>)>,
     /// One connection builder for every proxy listener, plain or TLS.
-    http_builder: Arc<auto::Builder<TokioExecutor>>,
+    http_builders: Arc<listener::HttpBuilders>,
     admin_socket: TcpListener,
     ready: Arc<AtomicBool>,
     /// Admin API, registry tasks, rebuilds: off the proxy's workers.
@@ -129,7 +127,7 @@ impl App {
             &control,
         )
         .await?;
-        let http_builder = Arc::new(listener::http_builder(&config.proxy));
+        let http_builders = Arc::new(listener::http_builders(&config.proxy));
         let metrics = Metrics::new();
         let access_log = Arc::new(AccessLogSwitch::new(metrics.access_log_dropped()));
         access_log
@@ -151,7 +149,7 @@ impl App {
             certs,
             proxy_sockets,
             tls_sockets,
-            http_builder,
+            http_builders,
             admin_socket,
             ready: Arc::new(AtomicBool::new(false)),
             control,
@@ -339,7 +337,7 @@ impl App {
         let proxy = Arc::clone(proxy);
         let l = Listener {
             socket,
-            builder: Arc::clone(&self.http_builder),
+            builders: Arc::clone(&self.http_builders),
             make_service: move |peer| ProxyService::new(Arc::clone(&proxy), peer),
             permits: Arc::clone(permits),
             metrics: self.metrics.listener(&addr.to_string()),
@@ -367,10 +365,10 @@ impl App {
             listen: addr,
         });
         tracing::info!("admin listening on {addr}");
-        let builder = Arc::new(listener::http_builder(&self.config.proxy));
+        let builders = Arc::new(listener::http_builders(&self.config.proxy));
         let l = Listener {
             socket,
-            builder,
+            builders,
             make_service: move |_peer| AdminService::new(Arc::clone(&state)),
             permits: Arc::clone(permits),
             metrics: self.metrics.listener(&addr.to_string()),

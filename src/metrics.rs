@@ -38,6 +38,7 @@ pub struct Metrics {
     ejections: IntCounterVec,
     pub registry_instances: IntGaugeVec,
     connections_open: IntGaugeVec,
+    connections_parked: IntGaugeVec,
     connections_closed: IntCounterVec,
     connections_cut: IntCounterVec,
     config_reloads: IntCounterVec,
@@ -80,6 +81,8 @@ impl UnroutedMetrics {
 #[derive(Debug)]
 pub struct ListenerMetrics {
     pub open: IntGauge,
+    /// Open HTTP/1 connections parked between requests (no hyper buffers).
+    pub parked: IntGauge,
     /// Closed by Switchyard: no request in flight for `idle_timeout`.
     pub closed_idle: IntCounter,
     /// Closed by Switchyard: no complete request head (or no byte at all)
@@ -194,6 +197,11 @@ impl Metrics {
                 "Open client connections, by listener.",
                 &["listener"],
             ),
+            connections_parked: gauge_vec(
+                "switchyard_connections_parked",
+                "Open client connections parked between requests (plain HTTP/1: no request in flight, no buffers held), by listener.",
+                &["listener"],
+            ),
             connections_closed: counter_vec(
                 "switchyard_connections_closed_total",
                 "Client connections Switchyard closed on a timer, by listener and reason.",
@@ -300,6 +308,7 @@ impl Metrics {
             Box::new(self.ejections.clone()),
             Box::new(self.registry_instances.clone()),
             Box::new(self.connections_open.clone()),
+            Box::new(self.connections_parked.clone()),
             Box::new(self.connections_closed.clone()),
             Box::new(self.connections_cut.clone()),
             Box::new(self.config_reloads.clone()),
@@ -383,6 +392,7 @@ impl Metrics {
         };
         Arc::new(ListenerMetrics {
             open: self.connections_open.with_label_values(&[listener]),
+            parked: self.connections_parked.with_label_values(&[listener]),
             closed_idle: closed("idle_timeout"),
             closed_header_read: closed("header_read_timeout"),
             closed_handshake: closed("handshake_timeout"),

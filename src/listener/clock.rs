@@ -100,6 +100,11 @@ impl ConnClock {
         }
     }
 
+    /// Whether the client has sent any byte yet.
+    pub fn any_byte(&self) -> bool {
+        self.any_byte.load(Ordering::Relaxed)
+    }
+
     /// Requests whose response has not ended.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)

@@ -7,6 +7,12 @@
 //! move later (a response ended, a head completed) are left to the timer: it
 //! fires, looks again and re-arms. So there is no ticker and no wake-up per
 //! request, and a busy connection costs one timer firing per `idle_timeout`.
+//!
+//! A plain HTTP/1 connection is *parked* whenever hyper holds nothing of it
+//! (see `tracked_io`): hyper's connection and its buffers are dropped, the
+//! task waits for the socket to become readable, and then serves it with a
+//! fresh HTTP/1 connection. A new connection starts parked, so a client that
+//! connects and says nothing costs no hyper state either.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -16,25 +22,27 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 use super::clock::{millis, CloseReason, ConnClock, ConnTimeouts};
-use super::h2_flood::ControlFloodGuard;
 use super::in_flight::Counted;
+use super::tracked_io::{ClientStream, IoCore, Parking, TrackedIo};
+use super::HttpBuilders;
 use crate::metrics::ListenerMetrics;
-use crate::proxy::framing::RequestFraming;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A client connection and what serving it needs.
 pub(super) struct Connection<S> {
     pub service: S,
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub builders: Arc<HttpBuilders>,
     pub timeouts: ConnTimeouts,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<ListenerMetrics>,
@@ -60,11 +68,50 @@ impl Drop for OpenGauge {
     }
 }
 
+/// Counts the connection in `switchyard_connections_parked` while parked.
+struct ParkedGauge {
+    metrics: Arc<ListenerMetrics>,
+    parked: bool,
+}
+
+impl ParkedGauge {
+    fn new(metrics: &Arc<ListenerMetrics>) -> ParkedGauge {
+        ParkedGauge {
+            metrics: Arc::clone(metrics),
+            parked: false,
+        }
+    }
+
+    fn enter(&mut self) {
+        if !self.parked {
+            self.parked = true;
+            self.metrics.parked.inc();
+        }
+    }
+
+    fn leave(&mut self) {
+        if self.parked {
+            self.parked = false;
+            self.metrics.parked.dec();
+        }
+    }
+}
+
+impl Drop for ParkedGauge {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 /// What woke the connection task.
-enum Event<T> {
+enum Event {
     /// hyper's connection finished (the client closed, an error, or an upgrade
     /// took the stream over).
-    Ended(T),
+    Ended(Result<(), BoxError>),
+    /// hyper holds nothing of the connection: park it.
+    Park,
+    /// A parked connection's socket has something to read (or failed).
+    Readable(io::Result<()>),
     /// The timer fired: look at the clock.
     Timer,
     /// Graceful shutdown began.
@@ -79,14 +126,72 @@ enum Phase {
     Closing,
 }
 
+type ClientIo<I> = TokioIo<TrackedIo<I>>;
+
+/// hyper's connection, whichever builder made it.
+trait HyperConnection: Send {
+    fn poll_connection(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> HyperConnection
+    for auto::UpgradeableConnection<'_, ClientIo<I>, Counted<S>, TokioExecutor>
+where
+    I: ClientStream,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn poll_connection(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.poll(cx)
+    }
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> HyperConnection for http1::UpgradeableConnection<ClientIo<I>, Counted<S>>
+where
+    I: ClientStream,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn poll_connection(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.poll(cx).map_err(BoxError::from)
+    }
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+/// hyper's connection, boxed so that parking frees it.
+type Session<'a> = Pin<Box<dyn HyperConnection + 'a>>;
+
+/// Served by hyper, or parked on the bare socket.
+enum Stage<'a, I> {
+    Serving(Session<'a>),
+    Parked(IoCore<I>),
+    /// Only between the two, while the socket comes back from hyper.
+    Moving,
+}
+
 impl<S, B> Connection<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<BoxError>,
     B: Body + Send + 'static,
     B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
     /// Handshake (bounded by `header_read_timeout`, abandoned at shutdown),
     /// then serve the decrypted stream.
@@ -106,21 +211,20 @@ where
         }
     }
 
-    pub async fn serve<I>(self, io: I)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    pub async fn serve<I: ClientStream>(self, io: I) {
         let clock = ConnClock::new();
-        let io = TokioIo::new(TrackedIo {
-            inner: io,
-            clock: Arc::clone(&clock),
-            framing: RequestFraming::new(),
-            flood: ControlFloodGuard::new(),
-            metrics: Arc::clone(&self.metrics),
-        });
+        let core = IoCore::new(io, Arc::clone(&clock), Arc::clone(&self.metrics));
+        let parking: Option<Arc<Parking<I>>> = I::PARKABLE.then(Parking::new);
         let service = Counted::new(self.service.clone(), Arc::clone(&clock));
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
+        let builders = Arc::clone(&self.builders);
+        let mut parked_gauge = ParkedGauge::new(&self.metrics);
+        let mut stage = match &parking {
+            Some(_) => {
+                parked_gauge.enter();
+                Stage::Parked(core)
+            }
+            None => Stage::Serving(session(&builders, core, None, &service, true)),
+        };
         let mut shutdown = self.shutdown.clone();
         let mut timer = Timer::new(&clock, &self.timeouts);
         let mut phase = Phase::Open;
@@ -132,17 +236,48 @@ where
         loop {
             let event = tokio::select! {
                 biased;
-                event = poll_fn(|cx| timer.poll_with(cx, conn.as_mut(), phase)) => event,
+                event = poll_fn(|cx| {
+                    if let Poll::Ready(event) = stage.poll(cx, phase, parking.as_deref(), &clock) {
+                        return Poll::Ready(event);
+                    }
+                    timer.poll(cx, phase)
+                }) => event,
                 _ = shutdown.changed(), if phase == Phase::Open => Event::Shutdown,
             };
+            let parked = matches!(stage, Stage::Parked(_));
             match event {
                 Event::Ended(Err(e)) => {
                     tracing::debug!(error = %e, "client connection ended with an error");
                     break;
                 }
                 Event::Ended(Ok(())) => break,
+                Event::Park => {
+                    // Dropping hyper's connection hands the socket back.
+                    drop(std::mem::replace(&mut stage, Stage::Moving));
+                    match parking.as_ref().and_then(|p| p.take()) {
+                        Some(core) => stage = Stage::Parked(core),
+                        None => break,
+                    }
+                    parked_gauge.enter();
+                }
+                Event::Readable(Err(e)) => {
+                    tracing::debug!(error = %e, "client connection failed while idle");
+                    break;
+                }
+                Event::Readable(Ok(())) => {
+                    parked_gauge.leave();
+                    let Stage::Parked(core) = std::mem::replace(&mut stage, Stage::Moving) else {
+                        break;
+                    };
+                    // Parked before its first byte (readiness can be
+                    // spurious), a connection may still turn out to be h2c.
+                    let first = !clock.any_byte();
+                    stage =
+                        Stage::Serving(session(&builders, core, parking.clone(), &service, first));
+                }
+                Event::Shutdown if parked => break,
                 Event::Shutdown => {
-                    conn.as_mut().graceful_shutdown();
+                    stage.graceful_shutdown();
                     phase = Phase::Closing;
                     timer.arm_after(self.timeouts.header_read);
                 }
@@ -164,16 +299,88 @@ where
                     Some(CloseReason::Idle) => {
                         self.metrics.closed_idle.inc();
                         tracing::debug!("connection idle for idle_timeout; closing");
-                        conn.as_mut().graceful_shutdown();
+                        if parked {
+                            break;
+                        }
+                        stage.graceful_shutdown();
                         phase = Phase::Closing;
                         timer.arm_after(self.timeouts.header_read);
                     }
                 },
             }
         }
+        drop(stage);
         cut_watch.disarm();
         drop(self.permit);
         drop(self.open);
+    }
+}
+
+/// A hyper connection over the socket: the auto builder the first time
+/// (HTTP/1.1 or h2c), HTTP/1.1 after a park.
+fn session<'a, I, S, B>(
+    builders: &'a HttpBuilders,
+    core: IoCore<I>,
+    parking: Option<Arc<Parking<I>>>,
+    service: &Counted<S>,
+    first: bool,
+) -> Session<'a>
+where
+    I: ClientStream,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let io = TokioIo::new(TrackedIo::new(core, parking));
+    if first {
+        Box::pin(
+            builders
+                .auto
+                .serve_connection_with_upgrades(io, service.clone()),
+        )
+    } else {
+        Box::pin(
+            builders
+                .http1
+                .serve_connection(io, service.clone())
+                .with_upgrades(),
+        )
+    }
+}
+
+impl<I: ClientStream> Stage<'_, I> {
+    /// Poll hyper (or, parked, the socket's readiness); `Park` when hyper
+    /// is left holding nothing.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        phase: Phase,
+        parking: Option<&Parking<I>>,
+        clock: &ConnClock,
+    ) -> Poll<Event> {
+        match self {
+            Stage::Serving(session) => {
+                if let Poll::Ready(result) = session.as_mut().poll_connection(cx) {
+                    return Poll::Ready(Event::Ended(result));
+                }
+                let idle = parking.is_some_and(Parking::idle) && clock.in_flight() == 0;
+                if idle && phase == Phase::Open {
+                    return Poll::Ready(Event::Park);
+                }
+                Poll::Pending
+            }
+            Stage::Parked(core) => core.inner.poll_read_ready(cx).map(Event::Readable),
+            Stage::Moving => Poll::Pending,
+        }
+    }
+
+    fn graceful_shutdown(&mut self) {
+        if let Stage::Serving(session) = self {
+            session.as_mut().graceful_shutdown();
+        }
     }
 }
 
@@ -226,20 +433,9 @@ impl Timer {
         }
     }
 
-    /// Poll hyper's connection, then move the timer earlier if what hyper
-    /// just did calls for it, then poll the timer.
-    fn poll_with<C, T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        conn: Pin<&mut C>,
-        phase: Phase,
-    ) -> Poll<Event<T>>
-    where
-        C: Future<Output = T>,
-    {
-        if let Poll::Ready(result) = conn.poll(cx) {
-            return Poll::Ready(Event::Ended(result));
-        }
+    /// Move the timer earlier if what hyper just did calls for it, then
+    /// poll it.
+    fn poll(&mut self, cx: &mut Context<'_>, phase: Phase) -> Poll<Event> {
         if phase == Phase::Open {
             if let Some((due, _)) = self.clock.due(&self.timeouts) {
                 if due < self.armed_ms {
@@ -277,73 +473,5 @@ impl Timer {
     fn arm_at(&mut self, ms: u64) {
         self.armed_ms = ms;
         self.sleep.as_mut().reset(self.clock.instant(ms));
-    }
-}
-
-/// A client stream that tells the clock about bytes and request heads and,
-/// on HTTP/1, runs the framing guard over every byte before hyper parses it
-/// (hyper silently drops a Content-Length sent beside Transfer-Encoding; the
-/// guard makes such a head unparseable so hyper answers 400 and closes); on
-/// HTTP/2, the control-frame flood guard, whose verdict fails the read so
-/// hyper drops the connection.
-struct TrackedIo<I> {
-    inner: I,
-    clock: Arc<ConnClock>,
-    framing: RequestFraming,
-    flood: ControlFloodGuard,
-    metrics: Arc<ListenerMetrics>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            if !this.framing.is_done() && this.framing.scan(&mut buf.filled_mut()[before..]) {
-                tracing::debug!("request with both Content-Length and Transfer-Encoding refused");
-            }
-            this.clock.on_read(this.framing.in_head());
-            if this.flood.scan(&buf.filled()[before..]) {
-                this.metrics.closed_flood.inc();
-                tracing::debug!("HTTP/2 control-frame flood (PING/SETTINGS); connection closed");
-                return Poll::Ready(Err(io::Error::other("HTTP/2 control-frame flood")));
-            }
-        }
-        result
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

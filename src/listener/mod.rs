@@ -20,6 +20,7 @@ mod connection;
 mod fd_budget;
 mod h2_flood;
 mod in_flight;
+mod tracked_io;
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -47,22 +49,20 @@ use crate::metrics::ListenerMetrics;
 static ACCEPT_FAILED: Throttle = Throttle::new();
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The hyper connection builder for client connections, from `[proxy]`.
-pub fn http_builder(cfg: &ProxyConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        // Not hyper's: its timer starts when a connection goes idle, not at a
-        // head's first byte, so it would close idle keep-alive connections
-        // after header_read_timeout. The connection task times heads itself.
-        .header_read_timeout(None)
-        // hyper's floor is 8 KiB; the head must fit in this buffer, else 431.
-        .max_buf_size(cfg.max_header_bytes.max(crate::proxy::HYPER_MIN_BUF))
-        .max_headers(cfg.max_headers);
-    builder
-        .http2()
+/// hyper's connection builders for client connections, from `[proxy]`.
+#[derive(Debug)]
+pub struct HttpBuilders {
+    /// A connection's first requests: HTTP/1.1 or h2c by prior knowledge.
+    pub(crate) auto: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 again after a park (`connection`), configured alike.
+    pub(crate) http1: http1::Builder,
+}
+
+/// The builders for client connections, from `[proxy]`.
+pub fn http_builders(cfg: &ProxyConfig) -> HttpBuilders {
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    configure_http1(&mut auto.http1(), cfg);
+    auto.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(100)
         .initial_stream_window_size(64 * 1024)
@@ -70,13 +70,62 @@ pub fn http_builder(cfg: &ProxyConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    builder
+    let mut http1 = http1::Builder::new();
+    configure_http1(&mut http1, cfg);
+    HttpBuilders { auto, http1 }
 }
+
+/// The one place the HTTP/1 settings live, so both builders agree.
+fn configure_http1(builder: &mut impl Http1Settings, cfg: &ProxyConfig) {
+    builder.set_timer(TokioTimer::new());
+    builder.set_keep_alive(true);
+    // Not hyper's: its timer starts when a connection goes idle, not at a
+    // head's first byte, so it would close idle keep-alive connections
+    // after header_read_timeout. The connection task times heads itself.
+    builder.set_no_header_read_timeout();
+    // hyper's floor is 8 KiB; the head must fit in this buffer, else 431.
+    builder.set_max_buf_size(cfg.max_header_bytes.max(crate::proxy::HYPER_MIN_BUF));
+    builder.set_max_headers(cfg.max_headers);
+}
+
+/// The HTTP/1 settings both hyper's builder and hyper-util's view of it take.
+trait Http1Settings {
+    fn set_timer(&mut self, timer: TokioTimer);
+    fn set_keep_alive(&mut self, on: bool);
+    fn set_no_header_read_timeout(&mut self);
+    fn set_max_buf_size(&mut self, bytes: usize);
+    fn set_max_headers(&mut self, count: usize);
+}
+
+macro_rules! http1_settings {
+    ($ty:ty) => {
+        impl Http1Settings for $ty {
+            fn set_timer(&mut self, timer: TokioTimer) {
+                self.timer(timer);
+            }
+            fn set_keep_alive(&mut self, on: bool) {
+                self.keep_alive(on);
+            }
+            fn set_no_header_read_timeout(&mut self) {
+                self.header_read_timeout(None);
+            }
+            fn set_max_buf_size(&mut self, bytes: usize) {
+                self.max_buf_size(bytes);
+            }
+            fn set_max_headers(&mut self, count: usize) {
+                self.max_headers(count);
+            }
+        }
+    };
+}
+
+http1_settings!(http1::Builder);
+http1_settings!(auto::Http1Builder<'_, TokioExecutor>);
 
 /// Everything an accept loop needs besides the socket.
 pub struct Listener<M> {
     pub socket: TcpListener,
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub builders: Arc<HttpBuilders>,
     /// Makes the service of one connection from the peer's address.
     pub make_service: M,
     pub permits: Arc<Semaphore>,
@@ -128,7 +177,7 @@ where
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             service: (self.make_service)(peer),
-            builder: Arc::clone(&self.builder),
+            builders: Arc::clone(&self.builders),
             timeouts: self.timeouts,
             shutdown: self.shutdown.clone(),
             open: connection::OpenGauge::new(&self.metrics),

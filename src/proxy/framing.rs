@@ -145,6 +145,13 @@ impl RequestFraming {
         self.state == State::Done
     }
 
+    /// Whether every byte seen so far belongs to a complete message (or to
+    /// the empty lines httparse skips between them): a reader that consumed
+    /// them all holds nothing of the next request. False once done.
+    pub fn at_message_boundary(&self) -> bool {
+        self.state == State::Start
+    }
+
     /// Whether it is inside a request head: past the first byte of a request
     /// line and before the empty line that ends the head. The listener times
     /// `header_read_timeout` from the moment this becomes true.
