@@ -241,16 +241,45 @@ fn register(args: RegisterArgs, log_format: Option<CliLogFormat>) -> ExitCode {
 /// One worker runs everything on the current thread (cheapest per request);
 /// more use the multi-threaded scheduler; 0 means one per core.
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers == 1 {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            builder.worker_threads(workers);
+        }
+        builder
+    };
+    builder
+        .on_thread_park(return_freed_memory)
+        .enable_all()
+        .build()
+}
+
+/// How often an idle worker may hand freed memory back to the OS.
+const RETURN_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// mimalloc returns freed pages to the OS only from its own calls on the
+/// thread that owns them, after a delay: once a burst of connections has
+/// closed and the worker is idle, no call comes and RSS would stay at its
+/// peak for good. So a worker about to wait for work lets its heap purge,
+/// at most once a second (one clock read per park otherwise).
+fn return_freed_memory() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 1 {
-        builder.worker_threads(workers);
+    let now = Instant::now();
+    let due = LAST
+        .get()
+        .is_none_or(|last| now.duration_since(last) >= RETURN_MEMORY_EVERY);
+    if due {
+        LAST.set(Some(now));
+        // SAFETY: mi_collect only walks and trims this thread's own heap; it
+        // has no preconditions and is safe to call at any time.
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
-    builder.enable_all().build()
 }
 
 fn to_format(f: CliLogFormat) -> LogFormat {
