@@ -199,7 +199,7 @@ impl Metrics {
             ),
             connections_parked: gauge_vec(
                 "switchyard_connections_parked",
-                "Open client connections parked between requests (plain HTTP/1: no request in flight, no buffers held), by listener.",
+                "Open HTTP/1 client connections parked between requests (no request in flight, no buffers held), by listener.",
                 &["listener"],
             ),
             connections_closed: counter_vec(

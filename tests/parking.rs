@@ -195,3 +195,58 @@ async fn a_head_dribbled_into_a_parked_connection_is_answered() {
     let json: serde_json::Value = serde_json::from_str(&text).expect("echo json");
     assert_eq!(json["uri"], "/dribbled?echo=1");
 }
+
+/// Over TLS too: HTTPS keep-alive connections park between requests (the
+/// TLS session stays; hyper's buffers go) and serve the next request on the
+/// same TLS connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tls_connections_are_parked_and_served_again() {
+    use support::pki::*;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    install(dir.path(), &pki.leaf("parking"));
+    let (cert, key) = pair_paths(dir.path());
+    let backend = FakeBackend::start("svc").await;
+    let config = ConfigFile::new(&format!(
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[[proxy.tls]]\nlisten = \"127.0.0.1:0\"\n\
+         certs = [{{ cert = \"{}\", key = \"{}\" }}]\nalpn = [\"http/1.1\"]\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
+        cert.display(),
+        key.display(),
+        service_toml("svc", &[&backend], ""),
+        route_toml(None, "/", "svc", false)
+    ));
+    let proc = spawn_serve(&config).await;
+    let tls = proc
+        .stderr()
+        .lines()
+        .find_map(|l| parse_listen_line(l, "tls listening on "))
+        .unwrap_or_else(|| panic!("no TLS listener logged:\n{}", proc.stderr()));
+    let client = pki.client(&[b"http/1.1"]);
+    let parked = || async {
+        let text = metrics_text(proc.admin).await;
+        metric(
+            &text,
+            "switchyard_connections_parked",
+            &[("listener", tls.to_string().as_str())],
+        )
+        .unwrap_or(0.0)
+    };
+    let mut senders = Vec::new();
+    for _ in 0..5 {
+        let mut sender = https_connection(tls, &client)
+            .await
+            .expect("TLS connection");
+        assert_eq!(https_get(&mut sender, "/first").await, Ok(200));
+        senders.push(sender);
+    }
+    eventually(WAIT, "the five idle TLS connections parked", || async {
+        parked().await == 5.0
+    })
+    .await;
+    for sender in &mut senders {
+        assert_eq!(https_get(sender, "/again").await, Ok(200));
+    }
+    assert_eq!(backend.hits(), 10);
+    eventually(WAIT, "parked again", || async { parked().await == 5.0 }).await;
+}

@@ -8,7 +8,7 @@
 //! fires, looks again and re-arms. So there is no ticker and no wake-up per
 //! request, and a busy connection costs one timer firing per `idle_timeout`.
 //!
-//! A plain HTTP/1 connection is *parked* whenever hyper holds nothing of it
+//! An HTTP/1 connection (plain or TLS) is *parked* whenever hyper holds nothing of it
 //! (see `tracked_io`): hyper's connection and its buffers are dropped, the
 //! task waits for the socket to become readable, and then serves it with a
 //! fresh HTTP/1 connection. A new connection starts parked, so a client that
@@ -214,16 +214,21 @@ where
     pub async fn serve<I: ClientStream>(self, io: I) {
         let clock = ConnClock::new();
         let core = IoCore::new(io, Arc::clone(&clock), Arc::clone(&self.metrics));
-        let parking: Option<Arc<Parking<I>>> = I::PARKABLE.then(Parking::new);
+        let parking: Arc<Parking<I>> = Parking::new();
         let service = Counted::new(self.service.clone(), Arc::clone(&clock));
         let builders = Arc::clone(&self.builders);
         let mut parked_gauge = ParkedGauge::new(&self.metrics);
-        let mut stage = match &parking {
-            Some(_) => {
-                parked_gauge.enter();
-                Stage::Parked(core)
-            }
-            None => Stage::Serving(session(&builders, core, None, &service, true)),
+        let mut stage = if I::STARTS_PARKED {
+            parked_gauge.enter();
+            Stage::Parked(core)
+        } else {
+            Stage::Serving(session(
+                &builders,
+                core,
+                Arc::clone(&parking),
+                &service,
+                true,
+            ))
         };
         let mut shutdown = self.shutdown.clone();
         let mut timer = Timer::new(&clock, &self.timeouts);
@@ -237,7 +242,7 @@ where
             let event = tokio::select! {
                 biased;
                 event = poll_fn(|cx| {
-                    if let Poll::Ready(event) = stage.poll(cx, phase, parking.as_deref(), &clock) {
+                    if let Poll::Ready(event) = stage.poll(cx, phase, &parking, &clock) {
                         return Poll::Ready(event);
                     }
                     timer.poll(cx, phase)
@@ -254,7 +259,7 @@ where
                 Event::Park => {
                     // Dropping hyper's connection hands the socket back.
                     drop(std::mem::replace(&mut stage, Stage::Moving));
-                    match parking.as_ref().and_then(|p| p.take()) {
+                    match parking.take() {
                         Some(core) => stage = Stage::Parked(core),
                         None => break,
                     }
@@ -272,8 +277,13 @@ where
                     // Parked before its first byte (readiness can be
                     // spurious), a connection may still turn out to be h2c.
                     let first = !clock.any_byte();
-                    stage =
-                        Stage::Serving(session(&builders, core, parking.clone(), &service, first));
+                    stage = Stage::Serving(session(
+                        &builders,
+                        core,
+                        Arc::clone(&parking),
+                        &service,
+                        first,
+                    ));
                 }
                 Event::Shutdown if parked => break,
                 Event::Shutdown => {
@@ -321,7 +331,7 @@ where
 fn session<'a, I, S, B>(
     builders: &'a HttpBuilders,
     core: IoCore<I>,
-    parking: Option<Arc<Parking<I>>>,
+    parking: Arc<Parking<I>>,
     service: &Counted<S>,
     first: bool,
 ) -> Session<'a>
@@ -358,7 +368,7 @@ impl<I: ClientStream> Stage<'_, I> {
         &mut self,
         cx: &mut Context<'_>,
         phase: Phase,
-        parking: Option<&Parking<I>>,
+        parking: &Parking<I>,
         clock: &ConnClock,
     ) -> Poll<Event> {
         match self {
@@ -366,7 +376,7 @@ impl<I: ClientStream> Stage<'_, I> {
                 if let Poll::Ready(result) = session.as_mut().poll_connection(cx) {
                     return Poll::Ready(Event::Ended(result));
                 }
-                let idle = parking.is_some_and(Parking::idle) && clock.in_flight() == 0;
+                let idle = parking.idle() && clock.in_flight() == 0;
                 if idle && phase == Phase::Open {
                     return Poll::Ready(Event::Park);
                 }

@@ -38,26 +38,30 @@ use crate::proxy::framing::RequestFraming;
 
 /// A client stream the listener can serve.
 pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Whether idle connections on this stream may be parked. Not on TLS:
-    /// rustls keeps its own buffers whatever hyper does, and may owe the
-    /// peer bytes (tickets, alerts) that only a read or write would send.
-    const PARKABLE: bool;
+    /// Whether a new connection may wait for its first bytes parked: only
+    /// if nothing can be buffered above the socket yet.
+    const STARTS_PARKED: bool;
 
-    /// Ready when the socket has bytes (or EOF) to read. Only called on
-    /// parkable streams.
+    /// Ready when the socket has bytes (or EOF) to read.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl ClientStream for TcpStream {
-    const PARKABLE: bool = true;
+    const STARTS_PARKED: bool = true;
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
     }
 }
 
+/// TLS parks like plain TCP: hyper's last read was answered "nothing" only after rustls
+/// had no plaintext left and the socket would block, and its last flush
+/// left rustls nothing to send (else `WRITE_WAITING`), so the TCP socket's
+/// readability is exactly when the session has something new. rustls keeps
+/// its own (smaller) state meanwhile. Not at the start: the handshake may
+/// have read the first request's bytes already.
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
-    const PARKABLE: bool = false;
+    const STARTS_PARKED: bool = false;
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_ref().0.poll_read_ready(cx)
@@ -133,16 +137,14 @@ impl<I> Parking<I> {
 pub(super) struct TrackedIo<I> {
     /// `None` only inside `drop`.
     core: Option<IoCore<I>>,
-    /// `Some` on parkable streams: where the socket goes when hyper drops
-    /// this, and the signals kept up to date on the way.
-    parking: Option<Arc<Parking<I>>>,
+    /// Where the socket goes when hyper drops this, and the signals kept up
+    /// to date on the way.
+    parking: Arc<Parking<I>>,
 }
 
 impl<I> TrackedIo<I> {
-    pub fn new(core: IoCore<I>, parking: Option<Arc<Parking<I>>>) -> TrackedIo<I> {
-        if let Some(parking) = &parking {
-            parking.signals.store(0, Ordering::Relaxed);
-        }
+    pub fn new(core: IoCore<I>, parking: Arc<Parking<I>>) -> TrackedIo<I> {
+        parking.signals.store(0, Ordering::Relaxed);
         TrackedIo {
             core: Some(core),
             parking,
@@ -150,16 +152,14 @@ impl<I> TrackedIo<I> {
     }
 
     fn signal(&self, flag: u8, on: bool) {
-        if let Some(parking) = &self.parking {
-            parking.set(flag, on);
-        }
+        self.parking.set(flag, on);
     }
 }
 
 impl<I> Drop for TrackedIo<I> {
     fn drop(&mut self) {
-        if let (Some(parking), Some(core)) = (&self.parking, self.core.take()) {
-            if let Ok(mut slot) = parking.returned.lock() {
+        if let Some(core) = self.core.take() {
+            if let Ok(mut slot) = self.parking.returned.lock() {
                 *slot = Some(core);
             }
         }
