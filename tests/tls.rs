@@ -162,6 +162,7 @@ async fn sni_setup() -> (Pki, FakeBackend, TlsApp) {
 
 // ===== curl =====
 
+/// curl with `args`; the tests that call it first `require` it (`support::tools`).
 async fn curl(args: &[String]) -> Output {
     let child = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "10"])
@@ -171,7 +172,7 @@ async fn curl(args: &[String]) -> Output {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("curl must be installed (.ci/run installs it)");
+        .expect("run curl");
     tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
         .await
         .expect("curl did not finish in time")
@@ -214,6 +215,9 @@ async fn served_subject(extra: Vec<String>) -> String {
 
 #[tokio::test]
 async fn sni_picks_exact_and_wildcard_certificates() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let (pki, backend, app) = sni_setup().await;
     for name in ["a.example", "A.EXAMPLE", "x.b.example"] {
         let mut args = vec!["--cacert".to_string(), pki.ca_path()];
@@ -233,6 +237,9 @@ async fn sni_picks_exact_and_wildcard_certificates() {
 
 #[tokio::test]
 async fn no_sni_or_unknown_sni_gets_the_first_certificate() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let (_pki, _backend, app) = sni_setup().await;
     // curl sends no SNI to an IP address.
     let by_ip = vec![format!("https://127.0.0.1:{}/", app.tls.port())];
@@ -245,6 +252,9 @@ async fn no_sni_or_unknown_sni_gets_the_first_certificate() {
 
 #[tokio::test]
 async fn http2_and_http1_by_alpn_with_forwarded_proto_https() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let (pki, backend, app) = sni_setup().await;
     for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
         let mut args = vec![
@@ -270,6 +280,9 @@ async fn http2_and_http1_by_alpn_with_forwarded_proto_https() {
 
 #[tokio::test]
 async fn alpn_setting_limits_the_protocols_offered() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let pki = Pki::new();
     let a = pki.leaf("a", "a.example", &["a.example"]);
     let backend = FakeBackend::start("web").await;
@@ -304,6 +317,9 @@ fn tls_client(pki: &Pki) -> tokio_rustls::TlsConnector {
 
 #[tokio::test]
 async fn silent_handshakes_do_not_block_accepting_and_time_out() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let pki = Pki::new();
     let a = pki.leaf("a", "a.example", &["a.example"]);
     let backend = FakeBackend::start("web").await;
@@ -374,12 +390,12 @@ async fn connections_open_is_labelled_with_the_tls_listener() {
     .await;
 }
 
-/// Runs openssl (installed with ca-certificates); panics naming it when missing.
+/// Runs openssl; the test that calls it first `require`s it (`support::tools`).
 fn openssl(args: &[&str]) {
     let out = std::process::Command::new("openssl")
         .args(args)
         .output()
-        .expect("the openssl command is needed (Debian package openssl; .ci/run installs ca-certificates, which brings it)");
+        .expect("run openssl");
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
@@ -389,6 +405,9 @@ fn openssl(args: &[&str]) {
 
 #[tokio::test]
 async fn sec1_and_rsa_keys_load() {
+    if !tools::require(&tools::CURL) || !tools::require(&tools::OPENSSL) {
+        return;
+    }
     let pki = Pki::new();
     // SEC1 ("EC PRIVATE KEY"): an rcgen P-256 key, converted.
     pki.leaf("ec", "ec.example", &["ec.example"]);
@@ -503,6 +522,9 @@ async fn unreadable_or_invalid_files_stop_start_up_naming_the_file() {
 
 #[tokio::test]
 async fn the_binary_logs_its_tls_listener() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let pki = Pki::new();
     let a = pki.leaf("a", "a.example", &["a.example"]);
     let config = ConfigFile::new(&tls_toml("", &[a], ""));

@@ -35,6 +35,8 @@ pub mod raw;
 pub mod registry_api;
 /// A backend slow on every request.
 pub mod slow;
+/// External tools: one rule for a missing one (fail in CI, skip elsewhere).
+pub mod tools;
 /// Bounded waits on observable events.
 pub mod wait;
 
