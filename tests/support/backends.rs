@@ -1,10 +1,21 @@
-//! Fake backends. [`FakeBackend::start`] runs a hyper 1 HTTP/1.1 server
-//! that answers every request with status 200, header `x-backend: NAME`
-//! and body `NAME`, and records what it received ([`Seen`]). The query
-//! string scripts it:
-//! [`FakeBackend::start`] runs a hyper 1 HTTP/1.1 server that answers every
-//! request with status 200, header `x-backend: NAME` and body `NAME`, and
-//! records what it received ([`Seen`]). The query string scripts it:
+//! Fake backends. [`FakeBackend`] is the one configurable HTTP backend of
+//! the tests: a hyper 1 server on `127.0.0.1:0` that answers every request
+//! with status 200, header `x-backend: NAME` and body `NAME`, and records
+//! what it received ([`Seen`]). [`FakeBackend::builder`] sets what every
+//! request gets:
+//!
+//! | builder                  | what the backend does                                       |
+//! | ------------------------ | ----------------------------------------------------------- |
+//! | `.status(N)`             | answers with status N (changeable: `set_status`)            |
+//! | `.delay(D)`              | waits D before answering (changeable: `set_delay`)          |
+//! | `.health(PATH, N)`       | answers PATH with status N (`set_health`); such requests are counted in `health_hits`, not in `hits`/`seen` |
+//! | `.echo_body()`           | body is the request body                                    |
+//! | `.reply_version()`       | body is the request's HTTP version (`HTTP/1.1`, `HTTP/2.0`) |
+//! | `.drip(N, EVERY)`        | streams [`drip_chunk`] 0..N, the first at once, then one per EVERY |
+//! | `.h2c()`                 | speaks HTTP/2 with prior knowledge only (default HTTP/1.1)  |
+//! | `.close_after(N)`        | closes each connection after its N-th response (HTTP/1.1)   |
+//!
+//! and the query string scripts one request:
 //!
 //! | query            | what the backend does                                          |
 //! | ---------------- | -------------------------------------------------------------- |
@@ -19,12 +30,14 @@
 //! The request body is always read to its end before answering; its bytes
 //! are counted live in [`FakeBackend::body_bytes`].
 //!
-//! [`ResetBackend`] resets every connection without answering;
-//! [`refused_addr`] is an address nothing listens on.
+//! Backends that misbehave on the wire (garbage, resets, half answers) are
+//! not HTTP servers and live beside their tests; [`ResetBackend`] resets
+//! every connection without answering; [`refused_addr`] is an address
+//! nothing listens on.
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,11 +46,12 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::MissedTickBehavior;
 
 use super::{boxed, channel_body, full, PatternBody, ReqBody, WAIT};
 
@@ -70,16 +84,148 @@ impl Seen {
     }
 }
 
+/// What the body of an unscripted answer is.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    /// The backend's name.
+    Name,
+    /// The request body.
+    EchoBody,
+    /// The request's HTTP version, as `{:?}` prints it.
+    Version,
+    /// `chunks` chunks, one per `every`.
+    Drip { chunks: usize, every: Duration },
+}
+
+/// The wire protocol a fake backend speaks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Wire {
+    Http1,
+    H2c,
+}
+
+/// Chunk `i` of a `.drip(..)` body: `chunk I\n`.
+pub fn drip_chunk(i: usize) -> String {
+    format!("chunk {i}\n")
+}
+
+/// Settings for a [`FakeBackend`]; see the module docs.
+pub struct FakeBackendBuilder {
+    name: String,
+    status: u16,
+    delay: Duration,
+    health: Option<(String, u16)>,
+    reply: Reply,
+    wire: Wire,
+    close_after: Option<usize>,
+}
+
+impl FakeBackendBuilder {
+    /// Answer with `status` (unless the query says otherwise).
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Wait `delay` before every answer.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Answer `path` with `status`, apart from the other requests (a health
+    /// check endpoint).
+    pub fn health(mut self, path: &str, status: u16) -> Self {
+        self.health = Some((path.to_owned(), status));
+        self
+    }
+
+    /// Answer with the request body.
+    pub fn echo_body(mut self) -> Self {
+        self.reply = Reply::EchoBody;
+        self
+    }
+
+    /// Answer with the request's HTTP version.
+    pub fn reply_version(mut self) -> Self {
+        self.reply = Reply::Version;
+        self
+    }
+
+    /// Stream `chunks` chunks ([`drip_chunk`]), the first at once, then one
+    /// per `every`.
+    pub fn drip(mut self, chunks: usize, every: Duration) -> Self {
+        self.reply = Reply::Drip { chunks, every };
+        self
+    }
+
+    /// Speak HTTP/2 with prior knowledge (h2c) only.
+    pub fn h2c(mut self) -> Self {
+        self.wire = Wire::H2c;
+        self
+    }
+
+    /// Close each connection after its `n`-th response (HTTP/1.1).
+    pub fn close_after(mut self, n: usize) -> Self {
+        self.close_after = Some(n);
+        self
+    }
+
+    pub async fn start(self) -> FakeBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend address");
+        let (health_path, health_status) = match self.health {
+            Some((path, status)) => (Some(path), status),
+            None => (None, 200),
+        };
+        let state = Arc::new(BackendState {
+            name: self.name.clone(),
+            status: AtomicU16::new(self.status),
+            delay_ms: AtomicU64::new(self.delay.as_millis() as u64),
+            health_path,
+            health_status: AtomicU16::new(health_status),
+            reply: self.reply,
+            wire: self.wire,
+            close_after: self.close_after,
+            hits: AtomicUsize::new(0),
+            health_hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
+            gate: Semaphore::new(0),
+            held: AtomicUsize::new(0),
+            body_bytes: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(serve_backend(listener, state.clone()));
+        FakeBackend {
+            name: self.name,
+            addr,
+            state,
+            task,
+        }
+    }
+}
+
 struct BackendState {
     name: String,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    health_path: Option<String>,
+    health_status: AtomicU16,
+    reply: Reply,
+    wire: Wire,
+    close_after: Option<usize>,
     hits: AtomicUsize,
+    health_hits: AtomicUsize,
+    connections: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
     gate: Semaphore,
     held: AtomicUsize,
     body_bytes: AtomicU64,
 }
 
-/// An in-process HTTP/1.1 backend on `127.0.0.1:0`; see the module docs.
+/// The one configurable fake HTTP backend; see the module docs.
 pub struct FakeBackend {
     pub name: String,
     pub addr: SocketAddr,
@@ -88,25 +234,20 @@ pub struct FakeBackend {
 }
 
 impl FakeBackend {
+    /// A backend with every setting at its default (HTTP/1.1, 200, `NAME`).
     pub async fn start(name: &str) -> FakeBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(BackendState {
-            name: name.to_string(),
-            hits: AtomicUsize::new(0),
-            seen: Mutex::new(Vec::new()),
-            gate: Semaphore::new(0),
-            held: AtomicUsize::new(0),
-            body_bytes: AtomicU64::new(0),
-        });
-        let task = tokio::spawn(serve_backend(listener, state.clone()));
-        FakeBackend {
-            name: name.to_string(),
-            addr,
-            state,
-            task,
+        Self::builder(name).start().await
+    }
+
+    pub fn builder(name: &str) -> FakeBackendBuilder {
+        FakeBackendBuilder {
+            name: name.to_owned(),
+            status: 200,
+            delay: Duration::ZERO,
+            health: None,
+            reply: Reply::Name,
+            wire: Wire::Http1,
+            close_after: None,
         }
     }
 
@@ -115,9 +256,20 @@ impl FakeBackend {
         self.addr.to_string()
     }
 
-    /// Requests received so far (counted when the head arrives).
+    /// Requests received so far (counted when the head arrives), health
+    /// checks apart.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests to the `.health(..)` path so far.
+    pub fn health_hits(&self) -> usize {
+        self.state.health_hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -142,6 +294,23 @@ impl FakeBackend {
     pub fn body_bytes(&self) -> u64 {
         self.state.body_bytes.load(Ordering::SeqCst)
     }
+
+    /// From the next request on, answer with `status`.
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// From the next request on, answer after `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// From the next check on, answer the `.health(..)` path with `status`.
+    pub fn set_health(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::SeqCst);
+    }
 }
 
 impl Drop for FakeBackend {
@@ -156,15 +325,41 @@ async fn serve_backend(listener: TcpListener, state: Arc<BackendState>) {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let state = state.clone();
-                conns.spawn(async move {
-                    let service = service_fn(move |req| handle_backend(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                state.connections.fetch_add(1, Ordering::SeqCst);
+                conns.spawn(serve_connection(stream, state.clone()));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, state: Arc<BackendState>) {
+    let io = TokioIo::new(stream);
+    let wire = state.wire;
+    // Responses on this connection so far, for `close_after`.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let service = service_fn(move |req| {
+        let (state, answered) = (state.clone(), answered.clone());
+        async move {
+            let mut resp = handle_backend(state.clone(), req).await?;
+            let n = answered.fetch_add(1, Ordering::SeqCst) + 1;
+            if state.close_after.is_some_and(|limit| n >= limit) {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, "close".parse().unwrap());
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    match wire {
+        Wire::Http1 => {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        }
+        Wire::H2c => {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await;
         }
     }
 }
@@ -189,12 +384,18 @@ async fn pass_gate(state: &BackendState) {
     state.held.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn handle_backend(
-    state: Arc<BackendState>,
-    req: Request<Incoming>,
-) -> Result<Response<ReqBody>, Infallible> {
-    let query = query_map(req.uri().query());
-    let seen = Seen {
+/// The answer to a `.health(..)` path: its status, an empty body.
+fn health_answer(state: &BackendState) -> Response<ReqBody> {
+    state.health_hits.fetch_add(1, Ordering::SeqCst);
+    let status = StatusCode::from_u16(state.health_status.load(Ordering::SeqCst))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn seen_of(req: &Request<Incoming>) -> Seen {
+    Seen {
         method: req.method().to_string(),
         uri: req
             .uri()
@@ -211,38 +412,77 @@ async fn handle_backend(
                 )
             })
             .collect(),
-    };
+    }
+}
+
+/// Reads the request body to its end, counting its bytes live; keeps them
+/// only when `keep` (for `.echo_body()`).
+async fn read_body(state: &BackendState, mut body: Incoming, keep: bool) -> (u64, Vec<u8>) {
+    let (mut received, mut kept) = (0u64, Vec::new());
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            received += data.len() as u64;
+            state
+                .body_bytes
+                .fetch_add(data.len() as u64, Ordering::SeqCst);
+            if keep {
+                kept.extend_from_slice(data);
+            }
+        }
+    }
+    (received, kept)
+}
+
+/// A body of `chunks` [`drip_chunk`]s, the first at once, then one per `every`.
+fn drip_body(chunks: usize, every: Duration) -> ReqBody {
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        for i in 0..chunks {
+            tick.tick().await;
+            if tx.send(Bytes::from(drip_chunk(i))).await.is_err() {
+                return;
+            }
+        }
+    });
+    boxed(body)
+}
+
+async fn handle_backend(
+    state: Arc<BackendState>,
+    req: Request<Incoming>,
+) -> Result<Response<ReqBody>, Infallible> {
+    if state.health_path.as_deref() == Some(req.uri().path()) {
+        return Ok(health_answer(&state));
+    }
+    let query = query_map(req.uri().query());
+    let seen = seen_of(&req);
+    let version = req.version();
     state.seen.lock().unwrap().push(seen.clone());
     state.hits.fetch_add(1, Ordering::SeqCst);
 
-    if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    let delay = match query.get("delay_ms").and_then(|v| v.parse().ok()) {
+        Some(ms) => ms,
+        None => state.delay_ms.load(Ordering::SeqCst),
+    };
+    if delay > 0 {
+        // The delay is what the test asks for (a slow backend), not a wait.
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if query.contains_key("hold") {
         pass_gate(&state).await;
     }
 
-    let mut body = req.into_body();
-    let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    received += data.len() as u64;
-                    state
-                        .body_bytes
-                        .fetch_add(data.len() as u64, Ordering::SeqCst);
-                }
-            }
-            Err(_) => break,
-        }
-    }
+    let echo_body = matches!(state.reply, Reply::EchoBody);
+    let (received, kept) = read_body(&state, req.into_body(), echo_body).await;
 
     let status = query
         .get("status")
         .and_then(|s| s.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::OK);
+        .unwrap_or_else(|| state.status.load(Ordering::SeqCst));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = if let Some(n) = query.get("stream_bytes").and_then(|v| v.parse().ok()) {
         boxed(PatternBody::new(n))
     } else if query.contains_key("stream_hold") {
@@ -266,7 +506,12 @@ async fn handle_backend(
     } else if query.contains_key("count") {
         full(received.to_string())
     } else {
-        full(state.name.clone())
+        match state.reply {
+            Reply::Name => full(state.name.clone()),
+            Reply::EchoBody => full(kept),
+            Reply::Version => full(format!("{version:?}")),
+            Reply::Drip { chunks, every } => drip_body(chunks, every),
+        }
     };
     let response = Response::builder()
         .status(status)

@@ -192,3 +192,29 @@ pub fn tally<S: AsRef<str>>(items: &[S]) -> HashMap<String, usize> {
     }
     counts
 }
+
+/// Who answered each of `n` GETs to `/{service}/r{i}` (`None`: not a fake
+/// backend's answer, e.g. a 503).
+pub async fn answers(proxy: SocketAddr, service: &str, n: usize) -> Vec<Option<String>> {
+    let http = Http::new();
+    let mut who = Vec::with_capacity(n);
+    for i in 0..n {
+        let resp = http.get(proxy, &format!("/{service}/r{i}")).await;
+        who.push(resp.backend().map(str::to_string));
+    }
+    who
+}
+
+/// Who answered each of `n` GETs to `path`: the fake backend's name, or
+/// `status NNN` for an answer from none.
+pub async fn answer_labels(http: &Http, proxy: SocketAddr, path: &str, n: usize) -> Vec<String> {
+    let mut who = Vec::with_capacity(n);
+    for _ in 0..n {
+        let resp = http.get(proxy, path).await;
+        who.push(match resp.backend() {
+            Some(name) => name.to_owned(),
+            None => format!("status {}", resp.status),
+        });
+    }
+    who
+}
