@@ -8,13 +8,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
 use support::pki::Pki;
+use support::python::Py;
 use support::*;
 
 /// A grpcio server with the health service. Its stdin takes lines
@@ -45,56 +42,22 @@ for line in sys.stdin:
     print("ok", flush=True)
 "#;
 
-/// The running python server; killed when dropped.
+/// The running python server (`support::python`); killed when dropped.
 struct HealthServer {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    py: Py,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
 }
 
 impl HealthServer {
     async fn start(args: &[&str]) -> HealthServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let script = dir.path().join("health_server.py");
-        std::fs::write(&script, HEALTH_SERVER).expect("write script");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 must be installed");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let port = next_line(&mut lines).await;
-        let port: u16 = port.trim().parse().unwrap_or_else(|_| {
-            panic!("no port from the grpcio server ({port:?}); is `grpcio-health-checking` installed? (.ci/setup installs it)")
-        });
-        HealthServer {
-            child,
-            lines,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: dir,
-        }
+        let (py, addr) = Py::server(HEALTH_SERVER, args).await;
+        HealthServer { py, addr }
     }
 
     /// Sets `service`'s serving status (`""`: the whole server).
     async fn set(&mut self, service: &str, status: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        let line = format!("{status} {service}\n");
-        stdin.write_all(line.as_bytes()).await.expect("write stdin");
-        stdin.flush().await.expect("flush stdin");
-        assert_eq!(next_line(&mut self.lines).await, "ok");
-    }
-}
-
-async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
-    match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
-        Ok(Ok(Some(line))) => line,
-        other => panic!("the grpcio server gave no line: {other:?}"),
+        self.py.send_line(&format!("{status} {service}")).await;
+        assert_eq!(self.py.line().await, "ok");
     }
 }
 

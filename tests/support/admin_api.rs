@@ -29,9 +29,13 @@ pub async fn admin_reload(admin: SocketAddr) -> Resp {
     Http::new().post(admin, "/v1/reload", Bytes::new()).await
 }
 
-/// The `health` of the instance at `address` per `GET /v1/services/{service}`
+/// The instance at `address` as `GET /v1/services/{service}` lists it
 /// (`None`: no answer, or no such instance).
-pub async fn health_of(admin: SocketAddr, service: &str, address: &str) -> Option<String> {
+pub async fn instance_of(
+    admin: SocketAddr,
+    service: &str,
+    address: &str,
+) -> Option<serde_json::Value> {
     let resp = Http::new()
         .try_get(admin, &format!("/v1/services/{service}"))
         .await
@@ -40,9 +44,15 @@ pub async fn health_of(admin: SocketAddr, service: &str, address: &str) -> Optio
     json["instances"]
         .as_array()?
         .iter()
-        .find(|i| i["address"] == address)?["health"]
-        .as_str()
-        .map(str::to_string)
+        .find(|i| i["address"] == address)
+        .cloned()
+}
+
+/// The `health` of the instance at `address` (`healthy`, `unhealthy`,
+/// `unknown`; `None`: no answer, or no such instance).
+pub async fn health_of(admin: SocketAddr, service: &str, address: &str) -> Option<String> {
+    let instance = instance_of(admin, service, address).await?;
+    instance["health"].as_str().map(str::to_string)
 }
 
 /// Waits (≤ `limit`) until the instance at `address` is `want` (`healthy`,

@@ -17,6 +17,8 @@ pub struct TestApp {
     /// The first plain proxy listener.
     pub proxy: SocketAddr,
     pub proxies: Vec<SocketAddr>,
+    /// The TLS proxy listeners (`[[proxy.tls]]`), in config order.
+    pub tls: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub config: ConfigFile,
     shutdown: Option<oneshot::Sender<()>>,
@@ -33,6 +35,7 @@ pub async fn start_app(toml: &str) -> TestApp {
         .await
         .unwrap_or_else(|e| panic!("App::bind failed: {e}"));
     let proxies = app.proxy_addrs();
+    let tls = app.tls_addrs();
     let admin = app.admin_addr();
     assert!(!proxies.is_empty(), "App::proxy_addrs is empty");
     let (tx, rx) = oneshot::channel::<()>();
@@ -46,6 +49,7 @@ pub async fn start_app(toml: &str) -> TestApp {
     TestApp {
         proxy: proxies[0],
         proxies,
+        tls,
         admin,
         config,
         shutdown: Some(tx),

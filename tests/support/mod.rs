@@ -29,6 +29,8 @@ pub mod pki;
 pub mod prom;
 /// `promtool check metrics`.
 pub mod promtool;
+/// Python scripts as real clients and servers.
+pub mod python;
 /// Raw TCP connections and response parsing.
 pub mod raw;
 /// The registry's admin API.
