@@ -159,6 +159,7 @@ async fn headless_chromium_renders_services_instances_health_and_traffic() {
                     "/shop/"
                 };
                 let _ = client.try_get(proxy, path).await;
+                // The pace of the background traffic (bounded in count and time).
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })

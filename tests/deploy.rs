@@ -240,9 +240,14 @@ async fn demo_backends_register_heartbeat_and_deregister() {
         },
     )
     .await;
-    // Past two 3 s leases, heartbeats have kept all three.
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    assert_eq!(instance_ids(app.admin).await, all);
+    // Until two 3 s leases past the ones they hold now have ended, the
+    // heartbeats keep all three.
+    let ends = listed(app.admin, "web").await.iter().map(expires_at).max();
+    let until = ends.expect("three instances") + Duration::from_secs(3);
+    holds_until(until, "all three listed healthy", || async {
+        instance_ids(app.admin).await == all
+    })
+    .await;
     // SIGTERM: backend-2 deregisters itself, well before its lease would end.
     let pid = backends[1].id().expect("pid");
     let status = std::process::Command::new("kill")

@@ -242,8 +242,8 @@ async fn serve(mut conn: Conn, script: Script, stats: Arc<Stats>) {
             let _ = conn.stream.write_all(bytes).await;
             let _ = conn.stream.flush().await;
             if matches!(script, Script::ReplyThenReset(_)) {
-                // Let the proxy read and forward what was sent, then reset.
-                // The fault under test: an answer, then a reset 200 ms later.
+                // The fault under test: an answer, then a reset 200 ms later
+                // (time for the proxy to read and forward what was sent).
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 conn.reset();
             } else {
