@@ -11,160 +11,32 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
-use switchyard::app::App;
-use switchyard::config::Config;
-use tokio::net::TcpListener;
 use tokio::process::Command;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use support::python::Py;
 use support::*;
 
-// ===== an app whose config folder holds extra files =====
-
-/// The App in-process, its config file beside `files` (name, contents), so
-/// relative paths in the config resolve to them.
-struct AppWithFiles {
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    _config: ConfigFile,
-    shutdown: Option<oneshot::Sender<()>>,
-    _handle: JoinHandle<()>,
+/// The App in-process with `files` beside its config (`support`), ready.
+async fn start_with_files(toml: &str, files: &[(&str, &str)]) -> TestApp {
+    let app = start_app_with_files(toml, files).await;
+    wait_ready(app.admin).await;
+    app
 }
 
-impl Drop for AppWithFiles {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+// ===== TLS backends that report the protocol they saw =====
 
-async fn start_with_files(toml: &str, files: &[(&str, &str)]) -> AppWithFiles {
-    let config = ConfigFile::new(toml);
-    let dir = config.path().parent().expect("config folder").to_path_buf();
-    for (name, contents) in files {
-        std::fs::write(dir.join(name), contents).expect("write file beside the config");
-    }
-    let loaded = Config::load(config.path())
-        .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{toml}"));
-    let app = App::bind(loaded)
+/// A fake backend speaking TLS with `cert`/`key`, offering `alpn`, that
+/// answers with the HTTP version each request came in (`support`).
+async fn tls_backend(cert: &str, key: &str, alpn: &[&[u8]]) -> FakeBackend {
+    FakeBackend::builder("tls")
+        .tls(cert, key, alpn)
+        .reply_version()
+        .start()
         .await
-        .unwrap_or_else(|e| panic!("App::bind failed: {e}"));
-    let proxy = app.proxy_addrs()[0];
-    let admin = app.admin_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let _ = app
-            .run(async move {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    wait_ready(admin).await;
-    AppWithFiles {
-        proxy,
-        admin,
-        _config: config,
-        shutdown: Some(tx),
-        _handle: handle,
-    }
-}
-
-// ===== in-process backends that report the protocol they saw =====
-
-/// Answers every request with its HTTP version (`HTTP/2.0`, `HTTP/1.1`).
-async fn version_service(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from(format!(
-        "{:?}",
-        req.version()
-    )))))
-}
-
-/// What a TLS backend saw of its clients.
-#[derive(Default)]
-struct TlsSeen {
-    /// SNI of each handshake (`None`: the client sent none).
-    sni: Mutex<Vec<Option<String>>>,
-    connections: AtomicUsize,
-}
-
-/// A hyper server (HTTP/1.1 and HTTP/2) behind tokio-rustls on 127.0.0.1:0.
-struct TlsBackend {
-    addr: SocketAddr,
-    seen: Arc<TlsSeen>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TlsBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TlsBackend {
-    async fn start(cert_pem: &str, key_pem: &str, alpn: &[&[u8]]) -> TlsBackend {
-        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("backend cert");
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("backend key");
-        let mut config = rustls::ServerConfig::builder_with_provider(switchyard::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("backend server config");
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(TlsSeen::default());
-        let task = tokio::spawn(accept_tls(listener, acceptor, Arc::clone(&seen)));
-        TlsBackend { addr, seen, task }
-    }
-
-    fn sni(&self) -> Vec<Option<String>> {
-        self.seen.sni.lock().expect("lock").clone()
-    }
-}
-
-async fn accept_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    seen: Arc<TlsSeen>,
-) {
-    while let Ok((tcp, _)) = listener.accept().await {
-        let acceptor = acceptor.clone();
-        let seen = Arc::clone(&seen);
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let sni = tls.get_ref().1.server_name().map(str::to_owned);
-            seen.sni.lock().expect("lock").push(sni);
-            seen.connections.fetch_add(1, Ordering::SeqCst);
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service_fn(version_service))
-                .await;
-        });
-    }
 }
 
 /// A test CA and one leaf for `sans`: (CA PEM, leaf PEM, leaf key PEM).
@@ -186,7 +58,7 @@ fn https_service(address: &str, extra: &str) -> String {
 #[tokio::test]
 async fn https_backend_speaks_h2_by_alpn_named_by_its_host() {
     let (ca, cert, key) = pki(&["localhost"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"h2", b"http/1.1"]).await;
     let address = format!("localhost:{}", backend.addr.port());
     let toml = base_toml() + &https_service(&address, "tls_ca = \"ca.pem\"");
     let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
@@ -197,7 +69,7 @@ async fn https_backend_speaks_h2_by_alpn_named_by_its_host() {
     }
     assert_eq!(backend.sni(), vec![Some("localhost".to_string())]);
     assert_eq!(
-        backend.seen.connections.load(Ordering::SeqCst),
+        backend.sni().len(),
         1,
         "the three requests should share one pooled HTTP/2 connection"
     );
@@ -206,7 +78,7 @@ async fn https_backend_speaks_h2_by_alpn_named_by_its_host() {
 #[tokio::test]
 async fn https_backend_without_h2_gets_http1() {
     let (ca, cert, key) = pki(&["localhost"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"http/1.1"]).await;
     let address = format!("localhost:{}", backend.addr.port());
     let toml = base_toml() + &https_service(&address, "tls_ca = \"ca.pem\"");
     let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
@@ -218,7 +90,7 @@ async fn https_backend_without_h2_gets_http1() {
 #[tokio::test]
 async fn https_backend_certificate_is_verified() {
     let (_ca, cert, key) = pki(&["localhost"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"h2", b"http/1.1"]).await;
     // Not trusted: the test CA is not among the webpki roots.
     let address = format!("localhost:{}", backend.addr.port());
     let app = start_with_files(&(base_toml() + &https_service(&address, "")), &[]).await;
@@ -230,7 +102,7 @@ async fn https_backend_certificate_is_verified() {
 #[tokio::test]
 async fn tls_server_name_overrides_the_verified_name() {
     let (ca, cert, key) = pki(&["backend.internal"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"h2", b"http/1.1"]).await;
     let address = backend.addr.to_string();
     let extra = "tls_ca = \"ca.pem\"\ntls_server_name = \"backend.internal\"";
     let app = start_with_files(
@@ -266,7 +138,7 @@ fn checked_https_service(address: &str, tls: &str) -> String {
 async fn https_backends_are_health_checked_over_tls() {
     let (ca, cert, key) = pki(&["localhost"]);
     // h2 offered too: the check must still get HTTP/1.1 (it offers only that).
-    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"h2", b"http/1.1"]).await;
     let address = format!("localhost:{}", backend.addr.port());
     let toml = base_toml() + &checked_https_service(&address, "tls_ca = \"ca.pem\"");
     let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
@@ -277,7 +149,7 @@ async fn https_backends_are_health_checked_over_tls() {
     )
     .await;
     assert!(
-        backend.seen.connections.load(Ordering::SeqCst) >= 2,
+        backend.sni().len() >= 2,
         "the check and the request each made a TLS connection"
     );
     assert!(backend
@@ -289,7 +161,7 @@ async fn https_backends_are_health_checked_over_tls() {
 #[tokio::test]
 async fn an_https_backend_failing_verification_fails_its_checks() {
     let (ca, cert, key) = pki(&["backend.internal"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"http/1.1"]).await;
     // Verified as 127.0.0.1, which the certificate does not name.
     let address = backend.addr.to_string();
     let toml = base_toml() + &checked_https_service(&address, "tls_ca = \"ca.pem\"");

@@ -13,6 +13,7 @@
 //! | `.reply_version()`       | body is the request's HTTP version (`HTTP/1.1`, `HTTP/2.0`) |
 //! | `.drip(N, EVERY)`        | streams [`drip_chunk`] 0..N, the first at once, then one per EVERY |
 //! | `.h2c()`                 | speaks HTTP/2 with prior knowledge only (default HTTP/1.1)  |
+//! | `.tls(CERT, KEY, ALPN)`  | speaks TLS offering ALPN, then HTTP/1.1 or HTTP/2 as agreed; records each handshake's SNI (`sni`) |
 //! | `.close_after(N)`        | closes each connection after its N-th response (HTTP/1.1)   |
 //!
 //! and the query string scripts one request:
@@ -47,6 +48,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -98,10 +102,12 @@ enum Reply {
 }
 
 /// The wire protocol a fake backend speaks.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone)]
 enum Wire {
     Http1,
     H2c,
+    /// TLS, then HTTP/1.1 or HTTP/2 by ALPN.
+    Tls(tokio_rustls::TlsAcceptor),
 }
 
 /// Chunk `i` of a `.drip(..)` body: `chunk I\n`.
@@ -165,6 +171,24 @@ impl FakeBackendBuilder {
         self
     }
 
+    /// Speak TLS with this certificate chain and key (PEM), offering
+    /// `alpn` (`[b"h2", b"http/1.1"]`), then HTTP/1.1 or HTTP/2 as agreed.
+    pub fn tls(mut self, cert_pem: &str, key_pem: &str, alpn: &[&[u8]]) -> Self {
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("backend certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("backend key PEM");
+        let mut config = rustls::ServerConfig::builder_with_provider(switchyard::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("backend TLS config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        self.wire = Wire::Tls(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        self
+    }
+
     /// Close each connection after its `n`-th response (HTTP/1.1).
     pub fn close_after(mut self, n: usize) -> Self {
         self.close_after = Some(n);
@@ -192,6 +216,7 @@ impl FakeBackendBuilder {
             hits: AtomicUsize::new(0),
             health_hits: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            sni: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             gate: Semaphore::new(0),
             held: AtomicUsize::new(0),
@@ -219,6 +244,8 @@ struct BackendState {
     hits: AtomicUsize,
     health_hits: AtomicUsize,
     connections: AtomicUsize,
+    /// The SNI of each completed TLS handshake (`None`: the client sent none).
+    sni: Mutex<Vec<Option<String>>>,
     seen: Mutex<Vec<Seen>>,
     gate: Semaphore,
     held: AtomicUsize,
@@ -270,6 +297,11 @@ impl FakeBackend {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// The SNI of each completed TLS handshake, in order (`.tls(..)`).
+    pub fn sni(&self) -> Vec<Option<String>> {
+        self.state.sni.lock().unwrap().clone()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -335,7 +367,8 @@ async fn serve_backend(listener: TcpListener, state: Arc<BackendState>) {
 
 async fn serve_connection(stream: TcpStream, state: Arc<BackendState>) {
     let io = TokioIo::new(stream);
-    let wire = state.wire;
+    let wire = state.wire.clone();
+    let sni_sink = state.clone();
     // Responses on this connection so far, for `close_after`.
     let answered = Arc::new(AtomicUsize::new(0));
     let service = service_fn(move |req| {
@@ -359,6 +392,16 @@ async fn serve_connection(stream: TcpStream, state: Arc<BackendState>) {
         Wire::H2c => {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(io, service)
+                .await;
+        }
+        Wire::Tls(acceptor) => {
+            let Ok(tls) = acceptor.accept(io.into_inner()).await else {
+                return;
+            };
+            let sni = tls.get_ref().1.server_name().map(str::to_owned);
+            sni_sink.sni.lock().unwrap().push(sni);
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
                 .await;
         }
     }

@@ -69,6 +69,11 @@ impl ConfigFile {
         &self.path
     }
 
+    /// The temporary folder that holds the file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn path_str(&self) -> String {
         self.path.to_string_lossy().into_owned()
     }

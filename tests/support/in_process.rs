@@ -28,7 +28,16 @@ pub struct TestApp {
 /// Writes `toml` to a temporary file, loads it with `Config::load` (so
 /// reloads re-read that file), binds and runs the App.
 pub async fn start_app(toml: &str) -> TestApp {
+    start_app_with_files(toml, &[]).await
+}
+
+/// [`start_app`] with `files` (name, contents) written beside the config
+/// first, so that relative paths in it (`tls_ca = "ca.pem"`) resolve to them.
+pub async fn start_app_with_files(toml: &str, files: &[(&str, &str)]) -> TestApp {
     let config = ConfigFile::new(toml);
+    for (name, contents) in files {
+        std::fs::write(config.dir().join(name), contents).expect("write a file beside the config");
+    }
     let loaded = Config::load(config.path())
         .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{toml}"));
     let app = App::bind(loaded)
