@@ -73,6 +73,7 @@ async fn grpc_checks_follow_serving_and_not_serving_on_the_default_timers() {
         return;
     }
     let mut server = HealthServer::start(&[]).await;
+    let at = server.addr.to_string();
     server.set("", "SERVING").await;
     // Default interval (2 s) and thresholds (rise 2, fall 3).
     let toml = base_toml()
@@ -83,24 +84,10 @@ async fn grpc_checks_follow_serving_and_not_serving_on_the_default_timers() {
         );
     let app = start_app(&toml).await;
     let limit = Duration::from_secs(30);
-    wait_health(
-        app.admin,
-        "grpc",
-        &server.addr.to_string(),
-        "healthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "grpc", &at, "healthy", limit).await;
 
     server.set("", "NOT_SERVING").await;
-    wait_health(
-        app.admin,
-        "grpc",
-        &server.addr.to_string(),
-        "unhealthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "grpc", &at, "unhealthy", limit).await;
     assert!(checks(app.admin, "grpc", "failure").await >= 3.0);
     // The table follows the backend's health at its next rebuild.
     eventually(
@@ -111,14 +98,7 @@ async fn grpc_checks_follow_serving_and_not_serving_on_the_default_timers() {
     .await;
 
     server.set("", "SERVING").await;
-    wait_health(
-        app.admin,
-        "grpc",
-        &server.addr.to_string(),
-        "healthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "grpc", &at, "healthy", limit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,6 +107,7 @@ async fn grpc_service_names_the_service_asked_about() {
         return;
     }
     let mut server = HealthServer::start(&[]).await;
+    let at = server.addr.to_string();
     server.set("", "SERVING").await;
     let toml = base_toml()
         + &format!(
@@ -138,50 +119,15 @@ async fn grpc_service_names_the_service_asked_about() {
     let app = start_app(&toml).await;
     let limit = Duration::from_secs(15);
     // The whole server serves, but users.v1 is unknown to it (NOT_FOUND).
-    wait_health(
-        app.admin,
-        "users",
-        &server.addr.to_string(),
-        "unhealthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "users", &at, "unhealthy", limit).await;
     server.set("users.v1", "SERVING").await;
-    wait_health(
-        app.admin,
-        "users",
-        &server.addr.to_string(),
-        "healthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "users", &at, "healthy", limit).await;
     server.set("users.v1", "SERVICE_UNKNOWN").await;
-    wait_health(
-        app.admin,
-        "users",
-        &server.addr.to_string(),
-        "unhealthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "users", &at, "unhealthy", limit).await;
     server.set("users.v1", "SERVING").await;
-    wait_health(
-        app.admin,
-        "users",
-        &server.addr.to_string(),
-        "healthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "users", &at, "healthy", limit).await;
     server.set("users.v1", "NOT_SERVING").await;
-    wait_health(
-        app.admin,
-        "users",
-        &server.addr.to_string(),
-        "unhealthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "users", &at, "unhealthy", limit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,6 +136,7 @@ async fn a_server_without_the_health_service_fails_the_check() {
         return;
     }
     let server = HealthServer::start(&["plain"]).await;
+    let at = server.addr.to_string();
     let toml = base_toml()
         + &format!(
             "[services.bare]\nbackends = [\"{}\"]\nprotocol = \"h2c\"\n\
@@ -197,14 +144,7 @@ async fn a_server_without_the_health_service_fails_the_check() {
             server.addr
         );
     let app = start_app(&toml).await;
-    wait_health(
-        app.admin,
-        "bare",
-        &server.addr.to_string(),
-        "unhealthy",
-        Duration::from_secs(15),
-    )
-    .await;
+    wait_health(app.admin, "bare", &at, "unhealthy", Duration::from_secs(15)).await;
     assert_eq!(checks(app.admin, "bare", "success").await, 0.0);
 }
 
@@ -227,6 +167,7 @@ async fn grpc_checks_speak_tls_to_https_services() {
         write("ca.pem", &pki.ca_pem()),
     );
     let mut server = HealthServer::start(&["tls", &cert, &key]).await;
+    let at = server.addr.to_string();
     server.set("", "SERVING").await;
     let toml = base_toml()
         + &format!(
@@ -238,32 +179,11 @@ async fn grpc_checks_speak_tls_to_https_services() {
         );
     let app = start_app(&toml).await;
     let limit = Duration::from_secs(15);
-    wait_health(
-        app.admin,
-        "secure",
-        &server.addr.to_string(),
-        "healthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "secure", &at, "healthy", limit).await;
     server.set("", "NOT_SERVING").await;
-    wait_health(
-        app.admin,
-        "secure",
-        &server.addr.to_string(),
-        "unhealthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "secure", &at, "unhealthy", limit).await;
     server.set("", "SERVING").await;
-    wait_health(
-        app.admin,
-        "secure",
-        &server.addr.to_string(),
-        "healthy",
-        limit,
-    )
-    .await;
+    wait_health(app.admin, "secure", &at, "healthy", limit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

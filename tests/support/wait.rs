@@ -10,20 +10,13 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Polls `check` every 20 ms until it returns true; panics naming `what`
 /// after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {limit:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !within(limit, check).await {
+        panic!("timed out after {limit:?} waiting for: {what}");
     }
 }
 
