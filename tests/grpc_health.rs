@@ -62,9 +62,8 @@ impl HealthServer {
 }
 
 async fn checks(admin: SocketAddr, service: &str, result: &str) -> f64 {
-    let text = get(admin, "/metrics").await.text();
-    let labels = [("service", service), ("result", result)];
-    metric(&text, "switchyard_health_checks_total", &labels).unwrap_or(0.0)
+    let text = metrics_text(admin).await;
+    health_checks(&text, &[("service", service), ("result", result)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

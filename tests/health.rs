@@ -202,8 +202,7 @@ fn all_from(who: &[Option<String>], name: &str) -> bool {
 }
 
 fn checks(metrics: &str, address: &str, result: &str) -> f64 {
-    let labels = [("backend", address), ("result", result)];
-    metric(metrics, "switchyard_health_checks_total", &labels).unwrap_or(0.0)
+    health_checks(metrics, &[("backend", address), ("result", result)])
 }
 
 // ===== tests =====

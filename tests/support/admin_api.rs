@@ -77,3 +77,9 @@ pub async fn wait_health(
 pub fn retries(metrics: &str, service: &str) -> f64 {
     metric(metrics, "switchyard_retries_total", &[("service", service)]).unwrap_or(0.0)
 }
+
+/// `switchyard_health_checks_total` summed over the samples with `labels`
+/// (`[("backend", ADDR), ("result", "failure")]`); 0 when absent.
+pub fn health_checks(metrics: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(metrics, "switchyard_health_checks_total", labels).unwrap_or(0.0)
+}
