@@ -9,7 +9,8 @@ use http::{Method, StatusCode};
 use support::registry_api::*;
 use support::*;
 
-/// `curl -X METHOD` with an `Authorization` header; (status, body).
+/// `curl -X METHOD` with an `Authorization` header; (status, body). The
+/// test first `require`s curl (`support::tools`).
 async fn curl(
     admin: std::net::SocketAddr,
     method: &str,
@@ -42,6 +43,9 @@ async fn curl(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bearer_scheme_is_matched_without_regard_to_case() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let toml = format!("{}token = \"s3cret\"\n", base_toml());
     let app = start_app(&toml).await;
     let body = r#"{"address": "127.0.0.1:9"}"#;

@@ -16,25 +16,10 @@ use serde_json::json;
 use support::registry_api::register;
 use support::*;
 
-/// The browser binary: `$CHROMIUM`, else `chromium` or `chromium-browser` on PATH.
+/// The browser binary: `$CHROMIUM`, else `chromium`, `chromium-browser` or
+/// `google-chrome` on PATH (`support::tools`; the test requires it first).
 fn chromium() -> String {
-    if let Ok(path) = std::env::var("CHROMIUM") {
-        return path;
-    }
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        let found = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {name}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if found {
-            return name.to_owned();
-        }
-    }
-    panic!(
-        "headless Chromium is needed for this test and was not found: install Debian's \
-         `chromium` package (.ci/setup does), or set CHROMIUM=/path/to/chrome"
-    );
+    tools::locate(&tools::CHROMIUM).expect("the test requires Chromium first")
 }
 
 /// Loads `url` headless and returns the DOM after `budget_ms` of virtual time.
@@ -103,6 +88,9 @@ fn number(text: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_renders_services_instances_health_and_traffic() {
+    if !tools::require(&tools::CHROMIUM) {
+        return;
+    }
     let web_a = FakeBackend::start("web-a").await;
     let web_b = FakeBackend::start("web-b").await;
     let api = FakeBackend::start("api").await;
@@ -171,6 +159,7 @@ async fn headless_chromium_renders_services_instances_health_and_traffic() {
                     "/shop/"
                 };
                 let _ = client.try_get(proxy, path).await;
+                // The pace of the background traffic (bounded in count and time).
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })

@@ -137,6 +137,7 @@ async fn no_request_after_the_lease_ends(app: &TestApp) {
             let at = SystemTime::now();
             let by = answered_by(&http, app.proxy, "web").await;
             sent.push((at, by));
+            // The pace of the request loop (bounded by the lease ends), not a wait.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
 

@@ -15,6 +15,9 @@ const IDLE_CLIENTS: usize = 400;
 
 #[tokio::test]
 async fn idle_clients_cannot_take_the_descriptors_backends_need() {
+    if !tools::require(&tools::PRLIMIT) {
+        return;
+    }
     let first = FakeBackend::start("first").await;
     let late = FakeBackend::start("late").await;
     let config = ConfigFile::new(

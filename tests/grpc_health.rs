@@ -8,15 +8,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
 use support::pki::Pki;
+use support::python::Py;
 use support::*;
 
 /// A grpcio server with the health service. Its stdin takes lines
@@ -47,84 +42,37 @@ for line in sys.stdin:
     print("ok", flush=True)
 "#;
 
-/// The running python server; killed when dropped.
+/// The running python server (`support::python`); killed when dropped.
 struct HealthServer {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    py: Py,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
 }
 
 impl HealthServer {
     async fn start(args: &[&str]) -> HealthServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let script = dir.path().join("health_server.py");
-        std::fs::write(&script, HEALTH_SERVER).expect("write script");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 must be installed");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let port = next_line(&mut lines).await;
-        let port: u16 = port.trim().parse().unwrap_or_else(|_| {
-            panic!("no port from the grpcio server ({port:?}); is `grpcio-health-checking` installed? (.ci/setup installs it)")
-        });
-        HealthServer {
-            child,
-            lines,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: dir,
-        }
+        let (py, addr) = Py::server(HEALTH_SERVER, args).await;
+        HealthServer { py, addr }
     }
 
     /// Sets `service`'s serving status (`""`: the whole server).
     async fn set(&mut self, service: &str, status: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        let line = format!("{status} {service}\n");
-        stdin.write_all(line.as_bytes()).await.expect("write stdin");
-        stdin.flush().await.expect("flush stdin");
-        assert_eq!(next_line(&mut self.lines).await, "ok");
+        self.py.send_line(&format!("{status} {service}")).await;
+        assert_eq!(self.py.line().await, "ok");
     }
-}
-
-async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
-    match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
-        Ok(Ok(Some(line))) => line,
-        other => panic!("the grpcio server gave no line: {other:?}"),
-    }
-}
-
-/// The one instance's `health` as the admin API lists it.
-async fn health(admin: SocketAddr, service: &str) -> String {
-    let resp = get(admin, &format!("/v1/services/{service}")).await;
-    resp.json()["instances"][0]["health"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned()
-}
-
-async fn wait_health(admin: SocketAddr, service: &str, want: &str, limit: Duration) {
-    eventually(limit, &format!("{service} to be {want}"), || async {
-        health(admin, service).await == want
-    })
-    .await;
 }
 
 async fn checks(admin: SocketAddr, service: &str, result: &str) -> f64 {
-    let text = get(admin, "/metrics").await.text();
-    let labels = [("service", service), ("result", result)];
-    metric(&text, "switchyard_health_checks_total", &labels).unwrap_or(0.0)
+    let text = metrics_text(admin).await;
+    health_checks(&text, &[("service", service), ("result", result)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_checks_follow_serving_and_not_serving_on_the_default_timers() {
+    if !tools::require_python("grpc_health.v1.health", "grpcio-health-checking") {
+        return;
+    }
     let mut server = HealthServer::start(&[]).await;
+    let at = server.addr.to_string();
     server.set("", "SERVING").await;
     // Default interval (2 s) and thresholds (rise 2, fall 3).
     let toml = base_toml()
@@ -135,10 +83,10 @@ async fn grpc_checks_follow_serving_and_not_serving_on_the_default_timers() {
         );
     let app = start_app(&toml).await;
     let limit = Duration::from_secs(30);
-    wait_health(app.admin, "grpc", "healthy", limit).await;
+    wait_health(app.admin, "grpc", &at, "healthy", limit).await;
 
     server.set("", "NOT_SERVING").await;
-    wait_health(app.admin, "grpc", "unhealthy", limit).await;
+    wait_health(app.admin, "grpc", &at, "unhealthy", limit).await;
     assert!(checks(app.admin, "grpc", "failure").await >= 3.0);
     // The table follows the backend's health at its next rebuild.
     eventually(
@@ -149,12 +97,16 @@ async fn grpc_checks_follow_serving_and_not_serving_on_the_default_timers() {
     .await;
 
     server.set("", "SERVING").await;
-    wait_health(app.admin, "grpc", "healthy", limit).await;
+    wait_health(app.admin, "grpc", &at, "healthy", limit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_service_names_the_service_asked_about() {
+    if !tools::require_python("grpc_health.v1.health", "grpcio-health-checking") {
+        return;
+    }
     let mut server = HealthServer::start(&[]).await;
+    let at = server.addr.to_string();
     server.set("", "SERVING").await;
     let toml = base_toml()
         + &format!(
@@ -166,20 +118,24 @@ async fn grpc_service_names_the_service_asked_about() {
     let app = start_app(&toml).await;
     let limit = Duration::from_secs(15);
     // The whole server serves, but users.v1 is unknown to it (NOT_FOUND).
-    wait_health(app.admin, "users", "unhealthy", limit).await;
+    wait_health(app.admin, "users", &at, "unhealthy", limit).await;
     server.set("users.v1", "SERVING").await;
-    wait_health(app.admin, "users", "healthy", limit).await;
+    wait_health(app.admin, "users", &at, "healthy", limit).await;
     server.set("users.v1", "SERVICE_UNKNOWN").await;
-    wait_health(app.admin, "users", "unhealthy", limit).await;
+    wait_health(app.admin, "users", &at, "unhealthy", limit).await;
     server.set("users.v1", "SERVING").await;
-    wait_health(app.admin, "users", "healthy", limit).await;
+    wait_health(app.admin, "users", &at, "healthy", limit).await;
     server.set("users.v1", "NOT_SERVING").await;
-    wait_health(app.admin, "users", "unhealthy", limit).await;
+    wait_health(app.admin, "users", &at, "unhealthy", limit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_the_health_service_fails_the_check() {
+    if !tools::require_python("grpc_health.v1.health", "grpcio-health-checking") {
+        return;
+    }
     let server = HealthServer::start(&["plain"]).await;
+    let at = server.addr.to_string();
     let toml = base_toml()
         + &format!(
             "[services.bare]\nbackends = [\"{}\"]\nprotocol = \"h2c\"\n\
@@ -187,12 +143,15 @@ async fn a_server_without_the_health_service_fails_the_check() {
             server.addr
         );
     let app = start_app(&toml).await;
-    wait_health(app.admin, "bare", "unhealthy", Duration::from_secs(15)).await;
+    wait_health(app.admin, "bare", &at, "unhealthy", Duration::from_secs(15)).await;
     assert_eq!(checks(app.admin, "bare", "success").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_checks_speak_tls_to_https_services() {
+    if !tools::require_python("grpc_health.v1.health", "grpcio-health-checking") {
+        return;
+    }
     let pki = Pki::new();
     let files = tempfile::tempdir().expect("tempdir");
     let leaf = pki.leaf("grpc backend");
@@ -207,6 +166,7 @@ async fn grpc_checks_speak_tls_to_https_services() {
         write("ca.pem", &pki.ca_pem()),
     );
     let mut server = HealthServer::start(&["tls", &cert, &key]).await;
+    let at = server.addr.to_string();
     server.set("", "SERVING").await;
     let toml = base_toml()
         + &format!(
@@ -218,11 +178,11 @@ async fn grpc_checks_speak_tls_to_https_services() {
         );
     let app = start_app(&toml).await;
     let limit = Duration::from_secs(15);
-    wait_health(app.admin, "secure", "healthy", limit).await;
+    wait_health(app.admin, "secure", &at, "healthy", limit).await;
     server.set("", "NOT_SERVING").await;
-    wait_health(app.admin, "secure", "unhealthy", limit).await;
+    wait_health(app.admin, "secure", &at, "unhealthy", limit).await;
     server.set("", "SERVING").await;
-    wait_health(app.admin, "secure", "healthy", limit).await;
+    wait_health(app.admin, "secure", &at, "healthy", limit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,56 +204,26 @@ async fn grpc_checks_need_an_http2_protocol() {
 
 // ===== HTTP checks of an h2c service =====
 
-/// A backend that speaks only HTTP/2 with prior knowledge (as many h2c
-/// services do): every request gets `status` and the body `h2c-only`.
-async fn h2c_only_backend(status: Arc<AtomicU16>) -> SocketAddr {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let status = Arc::clone(&status);
-            let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                let mut resp =
-                    http::Response::new(Full::new(bytes::Bytes::from_static(b"h2c-only")));
-                *resp.status_mut() = http::StatusCode::from_u16(status.load(Ordering::Relaxed))
-                    .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            tokio::spawn(async move {
-                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_checks_of_an_h2c_service_speak_http2() {
-    let status = Arc::new(AtomicU16::new(200));
-    let backend = h2c_only_backend(Arc::clone(&status)).await;
+    // Speaks only HTTP/2 with prior knowledge, as many h2c services do.
+    let backend = FakeBackend::builder("h2c-only").h2c().start().await;
     let toml = base_toml()
         + &format!(
-            "[services.h2]\nbackends = [\"{backend}\"]\nprotocol = \"h2c\"\n\
+            "[services.h2]\nbackends = [\"{}\"]\nprotocol = \"h2c\"\n\
              [services.h2.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
              healthy_threshold = 1\nunhealthy_threshold = 1\n",
+            backend.addr
         );
     let app = start_app(&toml).await;
     let limit = Duration::from_secs(15);
-    wait_health(app.admin, "h2", "healthy", limit).await;
+    wait_health(app.admin, "h2", &backend.address(), "healthy", limit).await;
     eventually(limit, "the h2c-only backend to be proxied to", || async {
         Http::new().get(app.proxy, "/h2/x").await.text() == "h2c-only"
     })
     .await;
-    status.store(503, Ordering::Relaxed);
-    wait_health(app.admin, "h2", "unhealthy", limit).await;
-    status.store(200, Ordering::Relaxed);
-    wait_health(app.admin, "h2", "healthy", limit).await;
+    backend.set_status(503);
+    wait_health(app.admin, "h2", &backend.address(), "unhealthy", limit).await;
+    backend.set_status(200);
+    wait_health(app.admin, "h2", &backend.address(), "healthy", limit).await;
 }

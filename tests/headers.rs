@@ -213,17 +213,12 @@ async fn h2c_prior_knowledge_client_is_proxied() {
 }
 
 /// curl, a real client, over HTTP/1.1 and h2c prior knowledge. A missing
-/// curl fails the test (`.ci/setup` installs it): a skip would pass silently.
+/// curl fails the test in CI (`support::tools`): a skip would pass silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_is_served_over_http1_and_h2c() {
-    let have_curl = std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        have_curl,
-        "curl is not installed: run .ci/setup (apt-get install curl)"
-    );
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let (app, backend) = echo_app("").await;
     for extra in [None, Some("--http2-prior-knowledge")] {
         let url = format!("http://{}/curl?x=1", app.proxy);

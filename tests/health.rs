@@ -161,6 +161,7 @@ async fn health_reply(mode: Mode, hit: usize) -> Option<String> {
         Mode::Garbage => "SSH-2.0-OpenSSH_9.2\r\n\r\nnot http at all\r\n".to_string(),
         Mode::Close => return None,
         Mode::Hang => {
+            // Never answering is the fault under test.
             tokio::time::sleep(Duration::from_secs(60)).await;
             return None;
         }
@@ -196,57 +197,12 @@ fn check_lines_with_timeout(interval_ms: u64, rise: u32, fall: u32, timeout_ms: 
     )
 }
 
-/// The `health` of the instance at `address` per `GET /v1/services/{svc}`.
-async fn health_of(admin: SocketAddr, service: &str, address: &str) -> Option<String> {
-    let resp = Http::new()
-        .try_get(admin, &format!("/v1/services/{service}"))
-        .await
-        .ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
-    json["instances"]
-        .as_array()?
-        .iter()
-        .find(|i| i["address"] == address)
-        .and_then(|i| i["health"].as_str())
-        .map(str::to_string)
-}
-
-/// Waits (≤ `limit`) until the instance's health is `want`; returns how long it took.
-async fn wait_health(
-    admin: SocketAddr,
-    service: &str,
-    address: &str,
-    want: &str,
-    limit: Duration,
-) -> Duration {
-    let started = Instant::now();
-    let what = format!("{service}/{address} to be {want}");
-    eventually(limit, &what, || async {
-        health_of(admin, service, address).await.as_deref() == Some(want)
-    })
-    .await;
-    started.elapsed()
-}
-
-/// Who answers `n` requests to the service's implicit prefix (`None` = not
-/// a backend's answer, e.g. a 503).
-async fn answers(proxy: SocketAddr, service: &str, n: usize) -> Vec<Option<String>> {
-    let http = Http::new();
-    let mut who = Vec::with_capacity(n);
-    for i in 0..n {
-        let resp = http.get(proxy, &format!("/{service}/r{i}")).await;
-        who.push(resp.backend().map(str::to_string));
-    }
-    who
-}
-
 fn all_from(who: &[Option<String>], name: &str) -> bool {
     who.iter().all(|w| w.as_deref() == Some(name))
 }
 
 fn checks(metrics: &str, address: &str, result: &str) -> f64 {
-    let labels = [("backend", address), ("result", result)];
-    metric(metrics, "switchyard_health_checks_total", &labels).unwrap_or(0.0)
+    health_checks(metrics, &[("backend", address), ("result", result)])
 }
 
 // ===== tests =====
@@ -435,6 +391,7 @@ async fn flapping_is_damped_by_the_thresholds() {
             "flapped after {} checks",
             b.health_hits() - start_hits
         );
+        // The pace of looking; the loop ends on the checks counted above.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(b.health_hits() >= start_hits + 12, "too few checks ran");
@@ -524,12 +481,20 @@ async fn a_backend_that_stays_across_a_reload_keeps_its_state() {
     // The check settings change: checkers restart, the state stays.
     app.config.replace(&config(&[&a, &b, &c], 150));
     assert_eq!(admin_reload(app.admin).await.status, 200);
-    let until = Instant::now() + Duration::from_millis(800);
-    while Instant::now() < until {
+    // Watched until the restarted checkers have each run 3 checks (a
+    // success for a, failures for b: either would flip a reset state).
+    let (a_from, b_from) = (a.health_hits(), b.health_hits());
+    let deadline = Instant::now() + WAIT;
+    while a.health_hits() < a_from + 3 || b.health_hits() < b_from + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted checkers ran no checks"
+        );
         let a_health = health_of(app.admin, "svc", &a.address()).await;
         let b_health = health_of(app.admin, "svc", &b.address()).await;
         assert_eq!(a_health.as_deref(), Some("healthy"), "a lost its state");
         assert_eq!(b_health.as_deref(), Some("unhealthy"), "b lost its state");
+        // The pace of looking, not a wait for an event.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(all_from(&answers(app.proxy, "svc", 4).await, "a"));
@@ -538,10 +503,13 @@ async fn a_backend_that_stays_across_a_reload_keeps_its_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_without_checks_are_healthy_and_unchecked() {
     let a = HealthBackend::start("a", Mode::Status(500)).await;
+    // A checked service beside it: its checks show the checkers running.
+    let witness = HealthBackend::start("w", Mode::Good).await;
     let toml = format!(
-        "{}[services.svc]\nbackends = [\"{}\"]\n",
+        "{}[services.svc]\nbackends = [\"{}\"]\n{}",
         base_toml(),
-        a.address()
+        a.address(),
+        checked_service("checked", &addresses(&[&witness]), &check_lines(50, 1, 1))
     );
     let app = start_app(&toml).await;
     assert_eq!(
@@ -549,7 +517,10 @@ async fn backends_without_checks_are_healthy_and_unchecked() {
         Some("healthy")
     );
     assert!(all_from(&answers(app.proxy, "svc", 3).await, "a"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(WAIT, "5 checks of the checked service", || async {
+        witness.health_hits() >= 5
+    })
+    .await;
     assert_eq!(a.health_hits(), 0);
 }
 

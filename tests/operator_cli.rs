@@ -59,6 +59,9 @@ fn has_located_line(text: &str, file: &str, line: usize, col: usize, key: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_are_printed_for_bash_zsh_and_fish() {
+    if !tools::require(&tools::BASH) {
+        return;
+    }
     for shell in ["bash", "zsh", "fish"] {
         let out = run_binary(&["completions", shell]).await;
         assert!(out.status.success(), "{shell}: {}", stderr(&out));

@@ -11,198 +11,39 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
-use switchyard::app::App;
-use switchyard::config::Config;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpListener;
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::process::Command;
 
+use support::python::Py;
 use support::*;
 
-// ===== an app whose config folder holds extra files =====
-
-/// The App in-process, its config file beside `files` (name, contents), so
-/// relative paths in the config resolve to them.
-struct AppWithFiles {
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    _config: ConfigFile,
-    shutdown: Option<oneshot::Sender<()>>,
-    _handle: JoinHandle<()>,
+/// The App in-process with `files` beside its config (`support`), ready.
+async fn start_with_files(toml: &str, files: &[(&str, &str)]) -> TestApp {
+    let app = start_app_with_files(toml, files).await;
+    wait_ready(app.admin).await;
+    app
 }
 
-impl Drop for AppWithFiles {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+// ===== TLS backends that report the protocol they saw =====
 
-async fn start_with_files(toml: &str, files: &[(&str, &str)]) -> AppWithFiles {
-    let config = ConfigFile::new(toml);
-    let dir = config.path().parent().expect("config folder").to_path_buf();
-    for (name, contents) in files {
-        std::fs::write(dir.join(name), contents).expect("write file beside the config");
-    }
-    let loaded = Config::load(config.path())
-        .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{toml}"));
-    let app = App::bind(loaded)
+/// A fake backend speaking TLS with `cert`/`key`, offering `alpn`, that
+/// answers with the HTTP version each request came in (`support`).
+async fn tls_backend(cert: &str, key: &str, alpn: &[&[u8]]) -> FakeBackend {
+    FakeBackend::builder("tls")
+        .tls(cert, key, alpn)
+        .reply_version()
+        .start()
         .await
-        .unwrap_or_else(|e| panic!("App::bind failed: {e}"));
-    let proxy = app.proxy_addrs()[0];
-    let admin = app.admin_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let _ = app
-            .run(async move {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    wait_ready(admin).await;
-    AppWithFiles {
-        proxy,
-        admin,
-        _config: config,
-        shutdown: Some(tx),
-        _handle: handle,
-    }
-}
-
-// ===== in-process backends that report the protocol they saw =====
-
-/// Answers every request with its HTTP version (`HTTP/2.0`, `HTTP/1.1`).
-async fn version_service(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from(format!(
-        "{:?}",
-        req.version()
-    )))))
-}
-
-/// What a TLS backend saw of its clients.
-#[derive(Default)]
-struct TlsSeen {
-    /// SNI of each handshake (`None`: the client sent none).
-    sni: Mutex<Vec<Option<String>>>,
-    connections: AtomicUsize,
-}
-
-/// A hyper server (HTTP/1.1 and HTTP/2) behind tokio-rustls on 127.0.0.1:0.
-struct TlsBackend {
-    addr: SocketAddr,
-    seen: Arc<TlsSeen>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TlsBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TlsBackend {
-    async fn start(cert_pem: &str, key_pem: &str, alpn: &[&[u8]]) -> TlsBackend {
-        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("backend cert");
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("backend key");
-        let mut config = rustls::ServerConfig::builder_with_provider(switchyard::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("backend server config");
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(TlsSeen::default());
-        let task = tokio::spawn(accept_tls(listener, acceptor, Arc::clone(&seen)));
-        TlsBackend { addr, seen, task }
-    }
-
-    fn sni(&self) -> Vec<Option<String>> {
-        self.seen.sni.lock().expect("lock").clone()
-    }
-}
-
-async fn accept_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    seen: Arc<TlsSeen>,
-) {
-    while let Ok((tcp, _)) = listener.accept().await {
-        let acceptor = acceptor.clone();
-        let seen = Arc::clone(&seen);
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let sni = tls.get_ref().1.server_name().map(str::to_owned);
-            seen.sni.lock().expect("lock").push(sni);
-            seen.connections.fetch_add(1, Ordering::SeqCst);
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service_fn(version_service))
-                .await;
-        });
-    }
-}
-
-/// An h2c-only (prior knowledge) hyper server on 127.0.0.1:0.
-async fn start_h2c_backend() -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service_fn(version_service)),
-            );
-        }
-    });
-    (addr, task)
 }
 
 /// A test CA and one leaf for `sans`: (CA PEM, leaf PEM, leaf key PEM).
 fn pki(sans: &[&str]) -> (String, String, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Switchyard backend test CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-    let leaf_key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(sans)
-        .expect("leaf params")
-        .signed_by(&leaf_key, &ca)
-        .expect("leaf");
-    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+    let ca = support::pki::Pki::new();
+    let leaf = ca.leaf_for("backend", sans);
+    (ca.ca_pem(), leaf.cert_pem, leaf.key_pem)
 }
 
 fn https_service(address: &str, extra: &str) -> String {
@@ -217,7 +58,7 @@ fn https_service(address: &str, extra: &str) -> String {
 #[tokio::test]
 async fn https_backend_speaks_h2_by_alpn_named_by_its_host() {
     let (ca, cert, key) = pki(&["localhost"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"h2", b"http/1.1"]).await;
     let address = format!("localhost:{}", backend.addr.port());
     let toml = base_toml() + &https_service(&address, "tls_ca = \"ca.pem\"");
     let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
@@ -228,7 +69,7 @@ async fn https_backend_speaks_h2_by_alpn_named_by_its_host() {
     }
     assert_eq!(backend.sni(), vec![Some("localhost".to_string())]);
     assert_eq!(
-        backend.seen.connections.load(Ordering::SeqCst),
+        backend.sni().len(),
         1,
         "the three requests should share one pooled HTTP/2 connection"
     );
@@ -237,7 +78,7 @@ async fn https_backend_speaks_h2_by_alpn_named_by_its_host() {
 #[tokio::test]
 async fn https_backend_without_h2_gets_http1() {
     let (ca, cert, key) = pki(&["localhost"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"http/1.1"]).await;
     let address = format!("localhost:{}", backend.addr.port());
     let toml = base_toml() + &https_service(&address, "tls_ca = \"ca.pem\"");
     let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
@@ -249,7 +90,7 @@ async fn https_backend_without_h2_gets_http1() {
 #[tokio::test]
 async fn https_backend_certificate_is_verified() {
     let (_ca, cert, key) = pki(&["localhost"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"h2", b"http/1.1"]).await;
     // Not trusted: the test CA is not among the webpki roots.
     let address = format!("localhost:{}", backend.addr.port());
     let app = start_with_files(&(base_toml() + &https_service(&address, "")), &[]).await;
@@ -261,7 +102,7 @@ async fn https_backend_certificate_is_verified() {
 #[tokio::test]
 async fn tls_server_name_overrides_the_verified_name() {
     let (ca, cert, key) = pki(&["backend.internal"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"h2", b"http/1.1"]).await;
     let address = backend.addr.to_string();
     let extra = "tls_ca = \"ca.pem\"\ntls_server_name = \"backend.internal\"";
     let app = start_with_files(
@@ -297,7 +138,7 @@ fn checked_https_service(address: &str, tls: &str) -> String {
 async fn https_backends_are_health_checked_over_tls() {
     let (ca, cert, key) = pki(&["localhost"]);
     // h2 offered too: the check must still get HTTP/1.1 (it offers only that).
-    let backend = TlsBackend::start(&cert, &key, &[b"h2", b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"h2", b"http/1.1"]).await;
     let address = format!("localhost:{}", backend.addr.port());
     let toml = base_toml() + &checked_https_service(&address, "tls_ca = \"ca.pem\"");
     let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
@@ -308,7 +149,7 @@ async fn https_backends_are_health_checked_over_tls() {
     )
     .await;
     assert!(
-        backend.seen.connections.load(Ordering::SeqCst) >= 2,
+        backend.sni().len() >= 2,
         "the check and the request each made a TLS connection"
     );
     assert!(backend
@@ -320,13 +161,25 @@ async fn https_backends_are_health_checked_over_tls() {
 #[tokio::test]
 async fn an_https_backend_failing_verification_fails_its_checks() {
     let (ca, cert, key) = pki(&["backend.internal"]);
-    let backend = TlsBackend::start(&cert, &key, &[b"http/1.1"]).await;
+    let backend = tls_backend(&cert, &key, &[b"http/1.1"]).await;
     // Verified as 127.0.0.1, which the certificate does not name.
     let address = backend.addr.to_string();
     let toml = base_toml() + &checked_https_service(&address, "tls_ca = \"ca.pem\"");
     let app = start_with_files(&toml, &[("ca.pem", &ca)]).await;
-    // Several check intervals: every check fails its handshake.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Several checks have run, and every one failed its handshake.
+    eventually(
+        WAIT,
+        "3 failed checks of the unverified backend",
+        || async {
+            let text = metrics_text(app.admin).await;
+            let failed = [("backend", address.as_str()), ("result", "failure")];
+            health_checks(&text, &failed) >= 3.0
+        },
+    )
+    .await;
+    let text = metrics_text(app.admin).await;
+    let passed = [("backend", address.as_str()), ("result", "success")];
+    assert_eq!(health_checks(&text, &passed), 0.0, "a check passed");
     let resp = get(app.proxy, "/secure/x").await;
     assert_eq!(
         resp.status, 503,
@@ -349,14 +202,19 @@ async fn an_https_backend_failing_verification_fails_its_checks() {
 
 #[tokio::test]
 async fn h2c_backend_gets_http2() {
-    let (addr, task) = start_h2c_backend().await;
+    // h2c only (prior knowledge); answers with the version it was asked in.
+    let backend = FakeBackend::builder("fast")
+        .h2c()
+        .reply_version()
+        .start()
+        .await;
+    let addr = backend.addr;
     let toml =
         base_toml() + &format!("[services.fast]\nbackends = [\"{addr}\"]\nprotocol = \"h2c\"\n");
     let app = start_with_files(&toml, &[]).await;
     let resp = get(app.proxy, "/fast/x").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.text(), "HTTP/2.0");
-    task.abort();
 }
 
 #[tokio::test]
@@ -364,7 +222,10 @@ async fn curl_h2c_prior_knowledge() {
     let backend = FakeBackend::start("web").await;
     let toml = base_toml() + &service_toml("web", &[&backend], "");
     let app = start_with_files(&toml, &[]).await;
-    let out = Command::new("curl")
+    let Some(curl) = tools::program(&tools::CURL) else {
+        return;
+    };
+    let out = Command::new(curl)
         .args([
             "-sS",
             "--max-time",
@@ -376,7 +237,7 @@ async fn curl_h2c_prior_knowledge() {
         .arg(format!("http://{}/web/x", app.proxy))
         .output()
         .await
-        .expect("curl must be installed (.ci/run installs it)");
+        .expect("run curl");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -386,84 +247,7 @@ async fn curl_h2c_prior_knowledge() {
     assert_eq!(stdout, "web 2");
 }
 
-// ===== python helpers =====
-
-/// Fails (never skips) when a python package is missing.
-async fn require_python(module: &str, package: &str) {
-    let ok = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python3 cannot import `{module}`: install the pip package `{package}` \
-         (python3 -m pip install '{package}'; .ci/run does this)"
-    );
-}
-
-/// A python script run from a temp file; killed when dropped.
-struct Py {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Py {
-    async fn run(script: &str, args: &[&str]) -> Py {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path: PathBuf = dir.path().join("script.py");
-        std::fs::write(&path, script).expect("write script");
-        let mut child = Command::new("python3")
-            .arg(Path::new(&path))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 must be installed");
-        let stdout = child.stdout.take().expect("stdout");
-        Py {
-            child,
-            lines: BufReader::new(stdout).lines(),
-            _dir: dir,
-        }
-    }
-
-    /// The next stdout line (bounded wait).
-    async fn line(&mut self) -> String {
-        match tokio::time::timeout(Duration::from_secs(30), self.lines.next_line()).await {
-            Ok(Ok(Some(line))) => line,
-            other => panic!("python script gave no line: {other:?}"),
-        }
-    }
-
-    async fn json(&mut self) -> Value {
-        let line = self.line().await;
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    }
-
-    async fn send_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .expect("write stdin");
-        stdin.flush().await.expect("flush stdin");
-    }
-
-    /// Starts a server script that prints its port first.
-    async fn server(script: &str, name: &str) -> (Py, SocketAddr) {
-        let mut py = Py::run(script, &[name]).await;
-        let port: u16 = py.line().await.trim().parse().expect("port line");
-        (py, SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-}
-
-// ===== gRPC =====
+// ===== gRPC (python grpcio, `support::python`) =====
 
 const GRPC_SERVER: &str = r#"
 import sys
@@ -523,9 +307,11 @@ print(json.dumps(out), flush=True)
 
 #[tokio::test]
 async fn grpc_passes_through_balanced_per_request() {
-    require_python("grpc", "grpcio").await;
-    let (_a, a) = Py::server(GRPC_SERVER, "alpha").await;
-    let (_b, b) = Py::server(GRPC_SERVER, "beta").await;
+    if !tools::require_python("grpc", "grpcio") {
+        return;
+    }
+    let (_a, a) = Py::server(GRPC_SERVER, &["alpha"]).await;
+    let (_b, b) = Py::server(GRPC_SERVER, &["beta"]).await;
     let toml = base_toml()
         + &format!("[services.grpc]\nbackends = [\"{a}\", \"{b}\"]\nprotocol = \"h2c\"\n\n")
         + &route_toml(None, "/", "grpc", false);
@@ -621,9 +407,11 @@ async fn active_requests(admin: SocketAddr, service: &str) -> Vec<(String, u64)>
 
 #[tokio::test]
 async fn websocket_passes_through_and_counts_as_in_flight() {
-    require_python("websockets.asyncio.server", "websockets>=13").await;
-    let (_a, a) = Py::server(WS_SERVER, "alpha").await;
-    let (_b, b) = Py::server(WS_SERVER, "beta").await;
+    if !tools::require_python("websockets.asyncio.server", "websockets>=13") {
+        return;
+    }
+    let (_a, a) = Py::server(WS_SERVER, &["alpha"]).await;
+    let (_b, b) = Py::server(WS_SERVER, &["beta"]).await;
     let toml = base_toml()
         + &format!("[services.ws]\nbackends = [\"{a}\", \"{b}\"]\nbalance = \"least_conn\"\n");
     let app = start_with_files(&toml, &[]).await;
@@ -709,8 +497,10 @@ while True:
 
 #[tokio::test]
 async fn a_strict_http2_backend_accepts_proxied_requests() {
-    require_python("h2", "h2").await;
-    let (_py, addr) = Py::server(STRICT_H2_SERVER, "strict").await;
+    if !tools::require_python("h2", "h2") {
+        return;
+    }
+    let (_py, addr) = Py::server(STRICT_H2_SERVER, &["strict"]).await;
     let toml =
         base_toml() + &format!("[services.strict]\nbackends = [\"{addr}\"]\nprotocol = \"h2c\"\n");
     let app = start_app(&toml).await;

@@ -317,6 +317,7 @@ async fn heartbeats_keep_a_lease_alive_past_twice_its_ttl() {
     let started = Instant::now();
     let mut last = first["expires_at"].as_str().unwrap().to_owned();
     while started.elapsed() < Duration::from_millis(2500) {
+        // The heartbeat pace is what is tested (renewals keep the lease).
         tokio::time::sleep(Duration::from_millis(300)).await;
         let resp = heartbeat(app.admin, "web", "r1").await;
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
@@ -339,8 +340,11 @@ async fn a_zero_ttl_never_expires() {
     assert_eq!(stored["ttl"], "0s");
     let defaulted = register(app.admin, "web", "r2", "127.0.0.1:9", json!({})).await;
     assert_eq!(defaulted["ttl"], "1s", "default_ttl applies");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(listed_ids(app.admin, "web").await, ["r1"]);
+    // r2's lease ends; r1, listed beside it all along, outlives it.
+    eventually(WAIT, "r2's 1 s lease to end", || async {
+        listed_ids(app.admin, "web").await == ["r1"]
+    })
+    .await;
     let beat = heartbeat(app.admin, "web", "r1").await;
     assert_eq!(beat.status, StatusCode::OK);
     assert_eq!(beat.json()["expires_at"], Value::Null);
@@ -490,6 +494,8 @@ async fn a_blocking_query_returns_when_the_registry_changes() {
         .await;
         (started.elapsed(), resp)
     });
+    // The pause the long poll must span (the assertion below measures it);
+    // a poll that arrives after the change answers at once, still later.
     tokio::time::sleep(Duration::from_millis(300)).await;
     register(app.admin, "web", "r1", "127.0.0.1:9", json!({})).await;
     let (waited, resp) = waiter.await.unwrap();
@@ -566,7 +572,7 @@ async fn the_file_store_keeps_registrations_across_a_restart() {
         json!({"ttl": "0s"}),
     )
     .await;
-    register(
+    let short = register(
         app.admin,
         "web",
         "short",
@@ -580,7 +586,8 @@ async fn the_file_store_keeps_registrations_across_a_restart() {
         "written by the first write at the latest at shutdown"
     );
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The short lease ends while nothing runs.
+    wait_until(expires_at(&short)).await;
     let app = start_app(&toml).await;
     let listed = listed(app.admin, "web").await;
     let ids: Vec<&str> = listed.iter().map(|i| i["id"].as_str().unwrap()).collect();

@@ -83,20 +83,6 @@ fn admin_url(admin: SocketAddr) -> String {
     format!("http://{admin}")
 }
 
-async fn listed_ids(admin: SocketAddr, service: &str) -> Vec<String> {
-    let resp = get(admin, &format!("/v1/services/{service}")).await;
-    if resp.status == StatusCode::NOT_FOUND {
-        return Vec::new();
-    }
-    resp.json()["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap_or("").to_owned())
-        .collect()
-}
-
 async fn serve(extra: &str) -> (ConfigFile, Proc) {
     let config = ConfigFile::new(&format!("{}{extra}", base_toml()));
     let proc = spawn_serve(&config).await;
@@ -126,14 +112,14 @@ async fn register_heartbeats_until_sigterm_then_deregisters() {
         listed_ids(server.admin, "web").await == ["w1"]
     })
     .await;
-    // Past twice the ttl: only the heartbeats keep it.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        listed_ids(server.admin, "web").await,
-        ["w1"],
-        "stderr:\n{}",
-        register.stderr()
-    );
+    // Until a second lease past the first has ended (2 ttl): only the
+    // heartbeats keep it.
+    let first = listed(server.admin, "web").await;
+    let until = expires_at(&first[0]) + Duration::from_secs(1);
+    holds_until(until, "w1 is listed", || async {
+        listed_ids(server.admin, "web").await == ["w1"]
+    })
+    .await;
     let http = Http::new();
     eventually(
         Duration::from_secs(1),

@@ -137,11 +137,19 @@ async fn wait_for_backend(proxy: std::net::SocketAddr, want: &str, what: &str) {
 
 /// Starts the app and lets it settle (ready, watcher running), so that the
 /// file-change tests below test the kind of change, not the start-up race
-/// (which `file_changed_right_after_start_is_picked_up` covers).
+/// (which `file_changed_right_after_start_is_picked_up` covers). The sign
+/// that the watcher runs: a change of the file's bytes alone (a comment)
+/// is counted as a reload.
 async fn settled_app(backends: &[&FakeBackend]) -> TestApp {
-    let app = start_app(&config_for(backends)).await;
+    let text = config_for(backends);
+    let app = start_app(&text).await;
     wait_ready(app.admin).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = reloads(&metrics_text(app.admin).await, "ok");
+    app.config.replace(&format!("{text}# settled\n"));
+    eventually(WAIT, "the watcher to reload a changed file", || async {
+        reloads(&metrics_text(app.admin).await, "ok") > before
+    })
+    .await;
     app
 }
 
@@ -197,6 +205,8 @@ async fn in_place_edits_under_traffic_never_apply_a_half_written_file() {
     for i in 0..30 {
         let next: &[&FakeBackend] = if i % 2 == 0 { &[&b] } else { &[&a] };
         app.config.write_in_place(&config_for(next));
+        // The pace of the saves is what is tested (an editor saving often),
+        // not a wait for something.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::SeqCst);
@@ -294,15 +304,25 @@ async fn reload_under_load_fails_no_request_and_drops_no_connection() {
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every client task has been served before the first reload.
+    eventually(WAIT, "every client task to be served by a", || async {
+        let seen = a.seen();
+        (0..4).all(|task| {
+            let prefix = format!("/t{task}/");
+            seen.iter().any(|s| s.uri.starts_with(&prefix))
+        })
+    })
+    .await;
     for round in 0..10 {
-        let next: &[&FakeBackend] = if round % 2 == 0 { &[&b] } else { &[&a] };
-        app.config.replace(&config_for(next));
+        let next = if round % 2 == 0 { &b } else { &a };
+        let before = next.hits();
+        app.config.replace(&config_for(&[next]));
         let resp = admin_reload(app.admin).await;
         assert_eq!(resp.status, 200, "reload {round}: {}", resp.text());
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Traffic flows on each config before the next reload.
+        let what = format!("round {round}: requests served by {}", next.name);
+        eventually(WAIT, &what, || async { next.hits() >= before + 8 }).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::SeqCst);
 
     let mut total_ok = 0;

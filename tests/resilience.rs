@@ -8,125 +8,24 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use http::Method;
 
 use support::*;
 
-// ===== an echo backend with a switchable /healthz =====
-
-/// An HTTP/1.1 backend on `127.0.0.1:0`: `/healthz` answers the status the
-/// test sets; every other request is answered 200 with its own body and
-/// `x-backend: NAME`, and counted.
-struct EchoBackend {
-    name: String,
-    addr: SocketAddr,
-    health: Arc<AtomicU16>,
-    hits: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl EchoBackend {
-    async fn start(name: &str) -> EchoBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-        let addr = listener.local_addr().expect("local addr");
-        let health = Arc::new(AtomicU16::new(200));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (h, n, who) = (Arc::clone(&health), Arc::clone(&hits), Arc::from(name));
-        let task = tokio::spawn(echo_loop(listener, who, h, n));
-        EchoBackend {
-            name: name.to_string(),
-            addr,
-            health,
-            hits,
-            task,
-        }
-    }
-
-    fn address(&self) -> String {
-        self.addr.to_string()
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn set_health(&self, status: u16) {
-        self.health.store(status, Ordering::SeqCst);
-    }
-}
-
-impl Drop for EchoBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn echo_loop(
-    listener: TcpListener,
-    name: Arc<str>,
-    health: Arc<AtomicU16>,
-    hits: Arc<AtomicUsize>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let (name, health, hits) = (Arc::clone(&name), Arc::clone(&health), Arc::clone(&hits));
-                conns.spawn(async move {
-                    let service = service_fn(move |req| {
-                        echo(Arc::clone(&name), Arc::clone(&health), Arc::clone(&hits), req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-}
-
-async fn echo(
-    name: Arc<str>,
-    health: Arc<AtomicU16>,
-    hits: Arc<AtomicUsize>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() == "/healthz" {
-        let status = StatusCode::from_u16(health.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = status;
-        return Ok(resp);
-    }
-    hits.fetch_add(1, Ordering::SeqCst);
-    let body = match req.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::from_static(b"body failed"),
-    };
-    let mut resp = Response::new(Full::new(body));
-    resp.headers_mut()
-        .insert("x-backend", name.parse().expect("header value"));
-    Ok(resp)
-}
-
 // ===== small helpers =====
 
-fn retries(metrics: &str, svc: &str) -> f64 {
-    metric(metrics, "switchyard_retries_total", &[("service", svc)]).unwrap_or(0.0)
+/// A backend that answers with the request body, and `/healthz` with the
+/// status the test sets (`set_health`).
+async fn echo_backend(name: &str) -> FakeBackend {
+    FakeBackend::builder(name)
+        .echo_body()
+        .health("/healthz", 200)
+        .start()
+        .await
 }
 
 /// `n` bytes that differ from position to position (a shifted copy shows).
@@ -135,40 +34,6 @@ fn pattern(n: usize) -> Bytes {
         .map(|i| (i * 7 % 253) as u8)
         .collect::<Vec<u8>>()
         .into()
-}
-
-/// The `health` of the instance at `address` per `GET /v1/services/{svc}`.
-async fn health_of(admin: SocketAddr, svc: &str, address: &str) -> Option<String> {
-    let resp = Http::new()
-        .try_get(admin, &format!("/v1/services/{svc}"))
-        .await
-        .ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
-    json["instances"]
-        .as_array()?
-        .iter()
-        .find(|i| i["address"] == address)?["health"]
-        .as_str()
-        .map(str::to_string)
-}
-
-async fn wait_health(admin: SocketAddr, svc: &str, b: &EchoBackend, want: &str) {
-    let what = format!("{svc}/{} to be {want}", b.name);
-    eventually(WAIT, &what, || async {
-        health_of(admin, svc, &b.address()).await.as_deref() == Some(want)
-    })
-    .await;
-}
-
-/// Who answered each of `n` GETs to `/{svc}/...` (`None`: not a backend).
-async fn answers(proxy: SocketAddr, svc: &str, n: usize) -> Vec<Option<String>> {
-    let http = Http::new();
-    let mut who = Vec::with_capacity(n);
-    for i in 0..n {
-        let resp = http.get(proxy, &format!("/{svc}/r{i}")).await;
-        who.push(resp.backend().map(str::to_string));
-    }
-    who
 }
 
 // ===== a backend killed under load =====
@@ -311,7 +176,7 @@ async fn the_retry_budget_caps_attempts_when_every_backend_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_survive_a_refused_first_try_and_large_ones_stream_intact() {
-    let echo = EchoBackend::start("echo").await;
+    let echo = echo_backend("echo").await;
     let flaky = format!("[\"{}\", \"{}\"]", refused_addr(), echo.address());
     let toml = base_toml()
         + &format!("[services.flaky]\nbackends = {flaky}\n\n")
@@ -421,9 +286,9 @@ async fn a_backend_at_its_request_limit_gets_a_fast_503_or_is_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panic_threshold_chooses_between_the_survivor_and_every_backend() {
-    let a = EchoBackend::start("a").await;
-    let b = EchoBackend::start("b").await;
-    let c = EchoBackend::start("c").await;
+    let a = echo_backend("a").await;
+    let b = echo_backend("b").await;
+    let c = echo_backend("c").await;
     let list = format!(
         "[\"{}\", \"{}\", \"{}\"]",
         a.address(),
@@ -441,7 +306,7 @@ async fn the_panic_threshold_chooses_between_the_survivor_and_every_backend() {
     let services = ["calm", "panicky"];
     for svc in services {
         for x in [&a, &b, &c] {
-            wait_health(app.admin, svc, x, "healthy").await;
+            wait_health(app.admin, svc, &x.address(), "healthy", WAIT).await;
         }
     }
 
@@ -450,7 +315,7 @@ async fn the_panic_threshold_chooses_between_the_survivor_and_every_backend() {
     c.set_health(500);
     for svc in services {
         for x in [&b, &c] {
-            wait_health(app.admin, svc, x, "unhealthy").await;
+            wait_health(app.admin, svc, &x.address(), "unhealthy", WAIT).await;
         }
     }
     // panic_threshold = 0: everything goes to the survivor.
@@ -487,7 +352,7 @@ async fn the_panic_threshold_chooses_between_the_survivor_and_every_backend() {
     // None healthy: 503 at once, panic or not.
     a.set_health(500);
     for svc in services {
-        wait_health(app.admin, svc, &a, "unhealthy").await;
+        wait_health(app.admin, svc, &a.address(), "unhealthy", WAIT).await;
     }
     for svc in services {
         eventually(WAIT, &format!("{svc} to answer 503"), || async {

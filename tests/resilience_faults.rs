@@ -21,16 +21,7 @@ use support::*;
 
 /// `"ejected"` of the instance at `address` per `GET /v1/services/{svc}`.
 async fn ejected(admin: SocketAddr, svc: &str, address: &str) -> Option<bool> {
-    let resp = Http::new()
-        .try_get(admin, &format!("/v1/services/{svc}"))
-        .await
-        .ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
-    json["instances"]
-        .as_array()?
-        .iter()
-        .find(|i| i["address"] == address)?["ejected"]
-        .as_bool()
+    instance_of(admin, svc, address).await?["ejected"].as_bool()
 }
 
 // ===== hanging backend: 504, ejection, return =====

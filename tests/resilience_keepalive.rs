@@ -44,6 +44,7 @@ async fn idle_connections_closed_by_the_backend_never_reach_the_client() {
             Ok(r) if r.status == 200 && r.text() == "16" => {}
             other => errors.push(format!("POST #{i}: {other:?}")),
         }
+        // Idle past the backend's keep-alive timeout on purpose: what is tested.
         tokio::time::sleep(Duration::from_millis((1000 + offset) as u64)).await;
     }
     assert!(errors.is_empty(), "client errors: {errors:#?}");

@@ -7,7 +7,7 @@
 mod support;
 
 use http::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 fn web_toml(backends: &[&FakeBackend], extra: &str) -> String {
@@ -17,27 +17,6 @@ fn web_toml(backends: &[&FakeBackend], extra: &str) -> String {
         service_toml("web", backends, extra),
         route_toml(None, "/", "web", false)
     )
-}
-
-async fn patch(admin: std::net::SocketAddr, service: &str, id: &str, body: Value) -> Resp {
-    admin_call(
-        admin,
-        Method::PATCH,
-        &instance_path(service, id),
-        &body.to_string(),
-        None,
-    )
-    .await
-}
-
-/// Who answered `n` GETs (an error answer counts as "error").
-async fn answers(http: &Http, app: &TestApp, n: usize) -> Vec<String> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let resp = http.get(app.proxy, "/x").await;
-        out.push(resp.backend().unwrap_or("error").to_owned());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +39,7 @@ async fn drain_lets_the_request_in_flight_finish_and_takes_no_new_ones() {
     assert_eq!(body["active_requests"], 1);
 
     let hits = a.hits();
-    let after = answers(&http, &app, 20).await;
+    let after = answer_labels(&http, app.proxy, "/x", 20).await;
     assert!(after.iter().all(|n| n == "b"), "{after:?}");
     assert_eq!(a.hits(), hits, "a drained backend gets no new request");
 
@@ -81,7 +60,7 @@ async fn drain_lets_the_request_in_flight_finish_and_takes_no_new_ones() {
     let resp = patch(app.admin, "web", &a.address(), json!({ "state": "ready" })).await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     assert_eq!(resp.json()["state"], "ready");
-    let back = answers(&http, &app, 10).await;
+    let back = answer_labels(&http, app.proxy, "/x", 10).await;
     assert_eq!(tally(&back).get("a"), Some(&5), "{back:?}");
 }
 
@@ -94,7 +73,7 @@ async fn weight_zero_takes_a_backend_out_and_weights_apply_at_once() {
     let resp = patch(app.admin, "web", &b.address(), json!({ "weight": 0 })).await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     assert_eq!(resp.json()["weight"], 0);
-    let only_a = answers(&http, &app, 10).await;
+    let only_a = answer_labels(&http, app.proxy, "/x", 10).await;
     assert!(only_a.iter().all(|n| n == "a"), "{only_a:?}");
 
     // Both at 0: no backend takes requests.
@@ -105,7 +84,7 @@ async fn weight_zero_takes_a_backend_out_and_weights_apply_at_once() {
     // a at 3, b at 1: 3:1.
     patch(app.admin, "web", &a.address(), json!({ "weight": 3 })).await;
     patch(app.admin, "web", &b.address(), json!({ "weight": 1 })).await;
-    let counts = tally(&answers(&http, &app, 40).await);
+    let counts = tally(&answer_labels(&http, app.proxy, "/x", 40).await);
     assert_eq!(
         (counts.get("a"), counts.get("b")),
         (Some(&30), Some(&10)),
@@ -114,7 +93,7 @@ async fn weight_zero_takes_a_backend_out_and_weights_apply_at_once() {
 
     // null: back to the config's weight (1:1).
     patch(app.admin, "web", &a.address(), json!({ "weight": null })).await;
-    let counts = tally(&answers(&http, &app, 20).await);
+    let counts = tally(&answer_labels(&http, app.proxy, "/x", 20).await);
     assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
 }
 
@@ -197,7 +176,7 @@ async fn a_configured_override_survives_reloads_while_the_backend_stays() {
         .replace(&web_toml(&[&a, &b], "request_timeout = \"20s\""));
     assert_eq!(admin_reload(app.admin).await.status, 200);
     let hits = a.hits();
-    let after = answers(&http, &app, 10).await;
+    let after = answer_labels(&http, app.proxy, "/x", 10).await;
     assert!(after.iter().all(|n| n == "b"), "{after:?}");
     assert_eq!(a.hits(), hits);
     // Removed from the config, then listed again: the override is gone.
@@ -205,7 +184,7 @@ async fn a_configured_override_survives_reloads_while_the_backend_stays() {
     assert_eq!(admin_reload(app.admin).await.status, 200);
     app.config.replace(&web_toml(&[&a, &b], ""));
     assert_eq!(admin_reload(app.admin).await.status, 200);
-    let back = answers(&http, &app, 10).await;
+    let back = answer_labels(&http, app.proxy, "/x", 10).await;
     assert_eq!(tally(&back).get("a"), Some(&5), "{back:?}");
 }
 
@@ -226,7 +205,10 @@ async fn a_registered_instances_override_is_stored_with_its_registration() {
     let http = Http::new();
     register(app.admin, "web", "r1", &r.address(), json!({ "ttl": "0s" })).await;
     eventually(WAIT, "r1 takes requests", || async {
-        answers(&http, &app, 2).await.iter().any(|n| n == "r")
+        answer_labels(&http, app.proxy, "/x", 2)
+            .await
+            .iter()
+            .any(|n| n == "r")
     })
     .await;
     let resp = patch(app.admin, "web", "r1", json!({ "weight": 0 })).await;
@@ -237,7 +219,7 @@ async fn a_registered_instances_override_is_stored_with_its_registration() {
         (json!("r1"), json!(0))
     );
     let hits = r.hits();
-    let after = answers(&http, &app, 10).await;
+    let after = answer_labels(&http, app.proxy, "/x", 10).await;
     assert!(after.iter().all(|n| n == "a"), "{after:?}");
     assert_eq!(
         r.hits(),
@@ -278,7 +260,7 @@ async fn a_registered_instances_override_is_stored_with_its_registration() {
         std::fs::read_to_string(&store).is_ok_and(|text| text.contains("\"drain\": true"))
     })
     .await;
-    let after = answers(&http, &app, 6).await;
+    let after = answer_labels(&http, app.proxy, "/x", 6).await;
     assert!(after.iter().all(|n| n == "a"), "{after:?}");
 }
 

@@ -17,36 +17,28 @@
 //!
 //! The tests take 2–15 s each and mostly wait, so they live in this one file
 //! for cargo to run side by side. The WebSocket and gRPC tests need the python
-//! packages `websockets` and `grpcio` and fail, naming the package, when it
-//! cannot be imported.
+//! packages `websockets` and `grpcio`; a missing one fails the test in CI and
+//! skips it elsewhere, naming the package (`support::tools`).
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::{CertificateDer, ServerName};
-use switchyard::app::App;
-use switchyard::config::Config;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use support::python::Py;
 use support::*;
 
 /// The default `header_read_timeout`.
@@ -141,6 +133,7 @@ async fn expect_listener_closes(
             return;
         }
         last = Some((found, lines));
+        // A bounded poll (100 looks): the metrics are the observable event.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (found, lines) = last.expect("polled at least once");
@@ -159,64 +152,6 @@ fn every_second() -> tokio::time::Interval {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick
-}
-
-// ===== a backend that drips its response =====
-
-/// An HTTP/1.1 backend on `127.0.0.1:0` whose every response is `chunks`
-/// chunks `chunk I\n`, the first at once and one a second after it.
-struct DripBackend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for DripBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn drip_chunk(i: usize) -> String {
-    format!("chunk {i}\n")
-}
-
-impl DripBackend {
-    async fn start(chunks: usize) -> DripBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind drip");
-        let addr = listener.local_addr().expect("drip addr");
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        conns.spawn(async move {
-                            let service = service_fn(move |req| drip(req, chunks));
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
-        });
-        DripBackend { addr, task }
-    }
-}
-
-async fn drip(_req: Request<Incoming>, chunks: usize) -> Result<Response<ReqBody>, Infallible> {
-    let (tx, body) = channel_body();
-    tokio::spawn(async move {
-        let mut tick = every_second();
-        for i in 0..chunks {
-            tick.tick().await;
-            if tx.send(Bytes::from(drip_chunk(i))).await.is_err() {
-                return;
-            }
-        }
-    });
-    Ok(Response::new(boxed(body)))
 }
 
 // ===== raw sockets =====
@@ -366,39 +301,18 @@ struct TlsApp {
     admin: SocketAddr,
     /// The test CA, for clients to trust.
     ca: CertificateDer<'static>,
+    _app: TestApp,
     _files: tempfile::TempDir,
-    _config: ConfigFile,
-    shutdown: Option<oneshot::Sender<()>>,
-    _handle: JoinHandle<()>,
-}
-
-impl Drop for TlsApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
 }
 
 async fn tls_app_with(services: &str) -> TlsApp {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Switchyard timeouts test CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key"))
-        .expect("ca cert");
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("leaf params")
-        .signed_by(&leaf_key, &ca)
-        .expect("sign leaf");
+    let pki = support::pki::Pki::new();
+    let leaf = pki.leaf_for("localhost", &["localhost"]);
     let files = tempfile::tempdir().expect("tempdir");
     let cert = files.path().join("localhost.pem");
     let key = files.path().join("localhost-key.pem");
-    std::fs::write(&cert, leaf.pem()).expect("write cert");
-    std::fs::write(&key, leaf_key.serialize_pem()).expect("write key");
+    std::fs::write(&cert, &leaf.cert_pem).expect("write cert");
+    std::fs::write(&key, &leaf.key_pem).expect("write key");
     let toml = format!(
         "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n\
          [[proxy.tls]]\nlisten = \"127.0.0.1:0\"\n\
@@ -407,31 +321,14 @@ async fn tls_app_with(services: &str) -> TlsApp {
         cert.display(),
         key.display()
     );
-    let config = ConfigFile::new(&toml);
-    let loaded = Config::load(config.path())
-        .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{toml}"));
-    let app = App::bind(loaded)
-        .await
-        .unwrap_or_else(|e| panic!("App::bind failed: {e}"));
-    let tls = *app.tls_addrs().first().expect("App::tls_addrs is empty");
-    let admin = app.admin_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let _ = app
-            .run(async move {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    wait_ready(admin).await;
+    let app = start_app(&toml).await;
+    wait_ready(app.admin).await;
     TlsApp {
-        tls,
-        admin,
-        ca: ca.der().clone(),
+        tls: *app.tls.first().expect("no TLS listener"),
+        admin: app.admin,
+        ca: pki.ca_der(),
+        _app: app,
         _files: files,
-        _config: config,
-        shutdown: Some(tx),
-        _handle: handle,
     }
 }
 
@@ -565,7 +462,11 @@ async fn backend_taking_12s_for_its_head_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_streamed_for_14s_arrives_whole() {
     let chunks = SPAN_SECS as usize + 1;
-    let backend = DripBackend::start(chunks).await;
+    // Chunk I at I seconds: the backend paces its body on purpose.
+    let backend = FakeBackend::builder("drip")
+        .drip(chunks, Duration::from_secs(1))
+        .start()
+        .await;
     let services = format!("[services.drip]\nbackends = [\"{}\"]\n", backend.addr);
     let app = app_with("", &services).await;
     let mut sender = h1_connection(app.proxy).await.expect("connect");
@@ -828,52 +729,9 @@ async def main():
 asyncio.run(main())
 "#;
 
-/// Fails (never skips) when the python package is missing.
-async fn require_websockets() {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import websockets.asyncio.client, websockets.asyncio.server",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    let ok = matches!(&out, Ok(o) if o.status.success());
-    assert!(
-        ok,
-        "python3 cannot import `websockets` (needs websockets>=13): install the pip package \
-         `websockets` (python3 -m pip install 'websockets>=13'; .ci/run does this): {:?}",
-        out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-    );
-}
-
 /// The echo server, killed when dropped, and its address.
-async fn ws_echo_server() -> (Child, SocketAddr) {
-    python_server(WS_ECHO_SERVER, "the websockets server").await
-}
-
-/// A python server `script` that prints its port first (`what` names it in
-/// failures); killed when dropped.
-async fn python_server(script: &str, what: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 must be installed");
-    let stdout = child.stdout.take().expect("server stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = match tokio::time::timeout(WAIT, lines.next_line()).await {
-        Ok(Ok(Some(line))) => line,
-        other => panic!("{what} printed no port: {other:?}"),
-    };
-    let port: u16 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("port line {line:?}: {e}"));
-    (child, SocketAddr::from(([127, 0, 0, 1], port)))
+async fn ws_echo_server() -> (Py, SocketAddr) {
+    Py::server(WS_ECHO_SERVER, &[]).await
 }
 
 /// A WebSocket through the proxy, held 14 s with a message a second each
@@ -881,7 +739,12 @@ async fn python_server(script: &str, what: &str) -> (Child, SocketAddr) {
 /// socket closes cleanly (1000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_held_14s_with_a_message_a_second() {
-    require_websockets().await;
+    if !tools::require_python(
+        "websockets.asyncio.client, websockets.asyncio.server",
+        "websockets>=13",
+    ) {
+        return;
+    }
     let (_server, server_addr) = ws_echo_server().await;
     let app = app_with(
         "",
@@ -974,30 +837,16 @@ out["elapsed"] = time.monotonic() - start
 print(json.dumps(out), flush=True)
 "#;
 
-/// Fails (never skips) when the python package is missing.
-async fn require_grpcio() {
-    let out = Command::new("python3")
-        .args(["-c", "import grpc"])
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    let ok = matches!(&out, Ok(o) if o.status.success());
-    assert!(
-        ok,
-        "python3 cannot import `grpc`: install the pip package `grpcio` \
-         (python3 -m pip install grpcio; .ci/run does this): {:?}",
-        out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-    );
-}
-
 /// A gRPC server stream of 15 messages, one a second for 14 s (python
 /// grpcio server behind `protocol = "h2c"`, python grpcio client on the plain
 /// listener by h2c prior knowledge): every message arrives, paced, and the
 /// call ends with status OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_server_stream_for_14s_is_not_cut() {
-    require_grpcio().await;
-    let (_server, server_addr) = python_server(GRPC_TICK_SERVER, "the grpcio server").await;
+    if !tools::require_python("grpc", "grpcio") {
+        return;
+    }
+    let (_server, server_addr) = Py::server(GRPC_TICK_SERVER, &[]).await;
     let services = format!(
         "[services.grpc]\nbackends = [\"{server_addr}\"]\nprotocol = \"h2c\"\n\n{}",
         route_toml(None, "/", "grpc", false)

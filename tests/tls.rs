@@ -16,39 +16,26 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::{CertificateDer, ServerName};
-use switchyard::app::App;
-use switchyard::config::Config;
 use tokio::io::AsyncReadExt;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use support::*;
 
 // ===== certificates =====
 
-/// A test CA and the files of the leaves it signed, in one temp folder.
-struct Pki {
+/// A test CA (`support::pki`) and the files of the leaves it signed, in
+/// one temp folder.
+struct CertDir {
     dir: tempfile::TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
+    ca: support::pki::Pki,
 }
 
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Switchyard test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("ca key");
-        let ca = CertifiedIssuer::self_signed(params, key).expect("ca cert");
+impl CertDir {
+    fn new() -> CertDir {
+        let ca = support::pki::Pki::new();
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca");
-        Pki { dir, ca }
+        std::fs::write(dir.path().join("ca.pem"), ca.ca_pem()).expect("write ca");
+        CertDir { dir, ca }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -62,14 +49,9 @@ impl Pki {
     /// Writes `NAME.pem` and `NAME-key.pem` (PKCS#8) for a leaf with common
     /// name `cn` and these subjectAltNames; returns the config's `{ cert, key }`.
     fn leaf(&self, name: &str, cn: &str, sans: &[&str]) -> String {
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(sans).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.ca).expect("sign leaf");
-        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write cert");
-        std::fs::write(self.path(&format!("{name}-key.pem")), key.serialize_pem())
-            .expect("write key");
+        let leaf = self.ca.leaf_for(cn, sans);
+        std::fs::write(self.path(&format!("{name}.pem")), leaf.cert_pem).expect("write cert");
+        std::fs::write(self.path(&format!("{name}-key.pem")), leaf.key_pem).expect("write key");
         self.pair(name)
     }
 
@@ -82,7 +64,7 @@ impl Pki {
     }
 
     fn ca_der(&self) -> CertificateDer<'static> {
-        self.ca.der().clone()
+        self.ca.ca_der()
     }
 }
 
@@ -93,17 +75,7 @@ struct TlsApp {
     plain: SocketAddr,
     tls: SocketAddr,
     admin: SocketAddr,
-    _config: ConfigFile,
-    shutdown: Option<oneshot::Sender<()>>,
-    _handle: JoinHandle<()>,
-}
-
-impl Drop for TlsApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
+    _app: TestApp,
 }
 
 /// `[proxy]` with a plain listener, `extra_proxy` lines, one TLS listener
@@ -118,38 +90,20 @@ fn tls_toml(extra_proxy: &str, certs: &[String], tls_extra: &str) -> String {
 }
 
 async fn start_tls_app(toml: &str) -> TlsApp {
-    let config = ConfigFile::new(toml);
-    let loaded = Config::load(config.path())
-        .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{toml}"));
-    let app = App::bind(loaded)
-        .await
-        .unwrap_or_else(|e| panic!("App::bind failed: {e}"));
-    let plain = app.proxy_addrs()[0];
-    let tls = *app.tls_addrs().first().expect("App::tls_addrs is empty");
-    let admin = app.admin_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let _ = app
-            .run(async move {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    wait_ready(admin).await;
+    let app = start_app(toml).await;
+    wait_ready(app.admin).await;
     TlsApp {
-        plain,
-        tls,
-        admin,
-        _config: config,
-        shutdown: Some(tx),
-        _handle: handle,
+        plain: app.proxy,
+        tls: *app.tls.first().expect("no TLS listener"),
+        admin: app.admin,
+        _app: app,
     }
 }
 
 /// Two certificates (`a.example` first, then `*.b.example`) and a backend
 /// reachable on every path.
-async fn sni_setup() -> (Pki, FakeBackend, TlsApp) {
-    let pki = Pki::new();
+async fn sni_setup() -> (CertDir, FakeBackend, TlsApp) {
+    let pki = CertDir::new();
     let a = pki.leaf("a", "a.example", &["a.example"]);
     let b = pki.leaf("b", "b.example wildcard", &["*.b.example"]);
     let backend = FakeBackend::start("web").await;
@@ -162,6 +116,7 @@ async fn sni_setup() -> (Pki, FakeBackend, TlsApp) {
 
 // ===== curl =====
 
+/// curl with `args`; the tests that call it first `require` it (`support::tools`).
 async fn curl(args: &[String]) -> Output {
     let child = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "10"])
@@ -171,7 +126,7 @@ async fn curl(args: &[String]) -> Output {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("curl must be installed (.ci/run installs it)");
+        .expect("run curl");
     tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
         .await
         .expect("curl did not finish in time")
@@ -214,6 +169,9 @@ async fn served_subject(extra: Vec<String>) -> String {
 
 #[tokio::test]
 async fn sni_picks_exact_and_wildcard_certificates() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let (pki, backend, app) = sni_setup().await;
     for name in ["a.example", "A.EXAMPLE", "x.b.example"] {
         let mut args = vec!["--cacert".to_string(), pki.ca_path()];
@@ -233,6 +191,9 @@ async fn sni_picks_exact_and_wildcard_certificates() {
 
 #[tokio::test]
 async fn no_sni_or_unknown_sni_gets_the_first_certificate() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let (_pki, _backend, app) = sni_setup().await;
     // curl sends no SNI to an IP address.
     let by_ip = vec![format!("https://127.0.0.1:{}/", app.tls.port())];
@@ -245,6 +206,9 @@ async fn no_sni_or_unknown_sni_gets_the_first_certificate() {
 
 #[tokio::test]
 async fn http2_and_http1_by_alpn_with_forwarded_proto_https() {
+    if !tools::require(&tools::CURL) {
+        return;
+    }
     let (pki, backend, app) = sni_setup().await;
     for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
         let mut args = vec![
@@ -270,7 +234,10 @@ async fn http2_and_http1_by_alpn_with_forwarded_proto_https() {
 
 #[tokio::test]
 async fn alpn_setting_limits_the_protocols_offered() {
-    let pki = Pki::new();
+    if !tools::require(&tools::CURL) {
+        return;
+    }
+    let pki = CertDir::new();
     let a = pki.leaf("a", "a.example", &["a.example"]);
     let backend = FakeBackend::start("web").await;
     let toml = tls_toml("", &[a], "alpn = [\"http/1.1\"]")
@@ -291,7 +258,7 @@ async fn alpn_setting_limits_the_protocols_offered() {
 }
 
 /// A tokio-rustls client trusting the test CA.
-fn tls_client(pki: &Pki) -> tokio_rustls::TlsConnector {
+fn tls_client(pki: &CertDir) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der()).expect("add test CA");
     let config = rustls::ClientConfig::builder_with_provider(switchyard::tls::provider())
@@ -304,7 +271,10 @@ fn tls_client(pki: &Pki) -> tokio_rustls::TlsConnector {
 
 #[tokio::test]
 async fn silent_handshakes_do_not_block_accepting_and_time_out() {
-    let pki = Pki::new();
+    if !tools::require(&tools::CURL) {
+        return;
+    }
+    let pki = CertDir::new();
     let a = pki.leaf("a", "a.example", &["a.example"]);
     let backend = FakeBackend::start("web").await;
     let toml = tls_toml("header_read_timeout = \"1s\"", &[a], "")
@@ -374,12 +344,12 @@ async fn connections_open_is_labelled_with_the_tls_listener() {
     .await;
 }
 
-/// Runs openssl (installed with ca-certificates); panics naming it when missing.
+/// Runs openssl; the test that calls it first `require`s it (`support::tools`).
 fn openssl(args: &[&str]) {
     let out = std::process::Command::new("openssl")
         .args(args)
         .output()
-        .expect("the openssl command is needed (Debian package openssl; .ci/run installs ca-certificates, which brings it)");
+        .expect("run openssl");
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
@@ -389,7 +359,10 @@ fn openssl(args: &[&str]) {
 
 #[tokio::test]
 async fn sec1_and_rsa_keys_load() {
-    let pki = Pki::new();
+    if !tools::require(&tools::CURL) || !tools::require(&tools::OPENSSL) {
+        return;
+    }
+    let pki = CertDir::new();
     // SEC1 ("EC PRIVATE KEY"): an rcgen P-256 key, converted.
     pki.leaf("ec", "ec.example", &["ec.example"]);
     let p8 = pki.path("ec-key.pem").display().to_string();
@@ -465,7 +438,7 @@ async fn serve_fails_naming(certs: &str, file: &Path) {
 
 #[tokio::test]
 async fn unreadable_or_invalid_files_stop_start_up_naming_the_file() {
-    let pki = Pki::new();
+    let pki = CertDir::new();
     pki.leaf("a", "a.example", &["a.example"]);
     pki.leaf("other", "other.example", &["other.example"]);
     let cert = pki.path("a.pem");
@@ -503,7 +476,10 @@ async fn unreadable_or_invalid_files_stop_start_up_naming_the_file() {
 
 #[tokio::test]
 async fn the_binary_logs_its_tls_listener() {
-    let pki = Pki::new();
+    if !tools::require(&tools::CURL) {
+        return;
+    }
+    let pki = CertDir::new();
     let a = pki.leaf("a", "a.example", &["a.example"]);
     let config = ConfigFile::new(&tls_toml("", &[a], ""));
     let proc = spawn_serve(&config).await;

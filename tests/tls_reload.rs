@@ -266,6 +266,7 @@ async fn a_busy_folder_does_not_hold_a_renewal_back() {
                     return;
                 }
                 let _ = std::fs::write(&busy, format!("line {i}\n"));
+                // The pace of the busy writer is what is tested.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })

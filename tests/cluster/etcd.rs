@@ -4,8 +4,9 @@
 //!
 //! Members can be stopped (SIGTERM), killed (SIGKILL) and restarted with the
 //! same name, data dir and ports; every member still running is killed when
-//! the [`Etcd`] drops. Every wait is bounded. A missing `etcd` or `etcdctl`
-//! fails the test, naming the package to install (CI installs both).
+//! the [`Etcd`] drops. Every wait is bounded. A test first asks
+//! [`available`]: a missing `etcd` or `etcdctl` fails it in CI and skips it
+//! elsewhere, naming the package to install (`support::tools`).
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
@@ -14,7 +15,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::Http;
+use crate::support::{tools, Http};
+
+/// Whether `etcd` and `etcdctl` are installed (`support::tools` rules: a
+/// missing one fails the test in CI and skips it elsewhere).
+pub fn available() -> bool {
+    tools::require(&tools::ETCD) && tools::require(&tools::ETCDCTL)
+}
 
 /// How long a cluster (or a restarted member) may take to become healthy.
 const START_LIMIT: Duration = Duration::from_secs(30);

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::support::{full, metric, request, ReqBody, WAIT};
+use crate::support::{full, request, ReqBody, WAIT};
 
 // ===== a scripted raw HTTP/1.1 backend =====
 
@@ -242,7 +242,8 @@ async fn serve(mut conn: Conn, script: Script, stats: Arc<Stats>) {
             let _ = conn.stream.write_all(bytes).await;
             let _ = conn.stream.flush().await;
             if matches!(script, Script::ReplyThenReset(_)) {
-                // Let the proxy read and forward what was sent, then reset.
+                // The fault under test: an answer, then a reset 200 ms later
+                // (time for the proxy to read and forward what was sent).
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 conn.reset();
             } else {
@@ -316,8 +317,4 @@ pub fn post(addr: SocketAddr, path: &str, body: &'static [u8]) -> http::Request<
     request(Method::POST, addr, path)
         .body(full(body))
         .expect("request")
-}
-
-pub fn retries(metrics: &str, svc: &str) -> f64 {
-    metric(metrics, "switchyard_retries_total", &[("service", svc)]).unwrap_or(0.0)
 }

@@ -61,9 +61,14 @@ impl Pki {
 
     /// A leaf for `localhost` and 127.0.0.1 with this common name.
     pub fn leaf(&self, cn: &str) -> Leaf {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("leaf params");
+        self.leaf_for(cn, &["localhost", "127.0.0.1"])
+    }
+
+    /// A leaf with this common name for these subjectAltNames (DNS names,
+    /// wildcards or IP addresses).
+    pub fn leaf_for(&self, cn: &str, sans: &[&str]) -> Leaf {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(sans).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.ca).expect("sign leaf");

@@ -102,6 +102,25 @@ pub async fn listed_ids(addr: SocketAddr, service: &str) -> Vec<String> {
         .collect()
 }
 
+/// The ids listed, sorted.
+pub async fn sorted_ids(addr: SocketAddr, service: &str) -> Vec<String> {
+    let mut ids = listed_ids(addr, service).await;
+    ids.sort();
+    ids
+}
+
+/// `PATCH` an instance's runtime settings (`{"weight": 0}`, `{"drain": true}`).
+pub async fn patch(admin: SocketAddr, service: &str, id: &str, body: Value) -> Resp {
+    admin_call(
+        admin,
+        Method::PATCH,
+        &instance_path(service, id),
+        &body.to_string(),
+        None,
+    )
+    .await
+}
+
 /// Which fake backend answered `GET /<service>/x` (`None`: an error answer).
 pub async fn answered_by(http: &Http, proxy: SocketAddr, service: &str) -> Option<String> {
     let resp = http.get(proxy, &format!("/{service}/x")).await;
