@@ -44,10 +44,12 @@ impl ConnState {
         (Arc::new(state), rx)
     }
 
-    /// Put on an idle list now.
-    pub fn set_idle(&self) {
+    /// Put on an idle list now; false if the connection closed meanwhile.
+    pub fn set_idle(&self) -> bool {
+        let now = now_millis().clamp(1, CLOSED - 1);
         self.idle_since
-            .store(now_millis().max(1), Ordering::Release);
+            .compare_exchange(BUSY, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Take an idle connection for a request; false if it closed meanwhile.
@@ -186,20 +188,24 @@ mod tests {
     fn a_worker_and_the_reaper_cannot_both_take_an_idle_connection() {
         let (state, mut closing) = ConnState::new();
         assert!(!state.claim(), "busy at birth");
-        state.set_idle();
+        assert!(state.set_idle());
         assert!(state.claim());
         assert!(!state.close_if_idle(), "busy again: the reaper keeps off");
-        state.set_idle();
+        assert!(state.set_idle());
         assert!(state.close_if_idle());
         assert!(!state.claim(), "closed by the reaper");
         assert!(closing.try_recv().is_ok(), "the driving task was told");
         assert!(!state.mark_closed(), "already off the idle count");
+        assert!(
+            !state.set_idle(),
+            "a closed connection never goes idle again"
+        );
     }
 
     #[test]
     fn a_connection_ending_while_idle_leaves_the_idle_count() {
         let (state, _closing) = ConnState::new();
-        state.set_idle();
+        assert!(state.set_idle());
         assert_eq!(
             state.idle_for(now_millis() + 10).map(|d| d >= 10),
             Some(true)

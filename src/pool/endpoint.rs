@@ -95,20 +95,34 @@ where
     /// A new connection (dialed now): HTTP/2 when the service is h2c or TLS
     /// ALPN chose it, HTTP/1.1 otherwise.
     pub async fn connect(self: &Arc<Self>) -> Result<Conn<B>, DialError> {
-        if self.key.protocol == UpstreamProtocol::H2c {
-            return self.connect_h2().await;
+        if self.speaks_h2() {
+            // One dial at a time: requests arriving while the connection is
+            // being made wait for it and share it.
+            let _dialing = self.h2_dial.lock().await;
+            if let Some(send) = self.current_h2() {
+                return Ok(self.h2_conn(send, true));
+            }
+            return self.dial().await;
         }
-        let io = self
-            .connector
-            .dial(self.backend.resolved, &self.backend.named_authority)
-            .await?;
-        if io.is_h2() {
+        self.dial().await
+    }
+
+    async fn dial(self: &Arc<Self>) -> Result<Conn<B>, DialError> {
+        let backend = &self.backend;
+        let name = match self.key.protocol {
+            UpstreamProtocol::Https => &backend.named_authority,
+            UpstreamProtocol::Http1 | UpstreamProtocol::H2c => &backend.authority,
+        };
+        let io = self.connector.dial(backend.resolved, name).await?;
+        if self.key.protocol == UpstreamProtocol::H2c || io.is_h2() {
             self.speaks_h2.store(true, Ordering::Relaxed);
             let (send, state) = conn::http2(io).await?;
             self.register(&state);
             self.set_h2(send.clone(), state);
             return Ok(self.h2_conn(send, false));
         }
+        // ALPN chose HTTP/1.1 (perhaps after a backend's restart without h2).
+        self.speaks_h2.store(false, Ordering::Relaxed);
         let endpoint = Arc::clone(self);
         let (send, state) = conn::http1(io, move || {
             endpoint.idle.fetch_sub(1, Ordering::AcqRel);
@@ -121,22 +135,6 @@ where
             endpoint: Arc::clone(self),
             reused: false,
         }))
-    }
-
-    /// The shared h2c connection, dialed by the first request that needs it.
-    async fn connect_h2(self: &Arc<Self>) -> Result<Conn<B>, DialError> {
-        let _dialing = self.h2_dial.lock().await;
-        if let Some(send) = self.current_h2() {
-            return Ok(self.h2_conn(send, true));
-        }
-        let io = self
-            .connector
-            .dial(self.backend.resolved, &self.backend.authority)
-            .await?;
-        let (send, state) = conn::http2(io).await?;
-        self.register(&state);
-        self.set_h2(send.clone(), state);
-        Ok(self.h2_conn(send, false))
     }
 
     pub(super) fn h2_conn(self: &Arc<Self>, send: http2::SendRequest<B>, reused: bool) -> Conn<B> {

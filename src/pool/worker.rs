@@ -140,7 +140,11 @@ where
         if slot.idle.front().is_some_and(|i| i.state.is_closed()) {
             slot.idle.pop_front();
         }
-        lease.state.set_idle();
+        if !lease.state.set_idle() {
+            // Its task saw it close just now.
+            endpoint.idle.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
         slot.idle.push_back(Idle {
             send: lease.send,
             state: lease.state,

@@ -25,6 +25,7 @@
 //! are counted live in [`FakeBackend::body_bytes`].
 #![allow(dead_code)]
 
+pub mod conn_backend;
 pub mod logs;
 pub mod pki;
 pub mod promtool;
