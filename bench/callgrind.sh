@@ -34,7 +34,9 @@ EOF
 nginx -c "$rt/backend.conf" -p "$rt" &
 echo $! >> "$rt/pids"
 
-cat > "$rt/switchyard.toml" <<EOF
+# Its own folder: the config watch must not see nginx's files change.
+mkdir -p "$rt/sy"
+cat > "$rt/sy/switchyard.toml" <<EOF
 [proxy]
 listen = ["127.0.0.1:$port"]
 workers = 1
@@ -48,7 +50,7 @@ service = "bench"
 EOF
 
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
-    "$bin" serve --config "$rt/switchyard.toml" 2> "$out/valgrind.log" &
+    "$bin" serve --config "$rt/sy/switchyard.toml" 2> "$out/valgrind.log" &
 proxy=$!
 echo $proxy >> "$rt/pids"
 for _ in $(seq 1 600); do
@@ -76,10 +78,11 @@ wait "$proxy" || true
 
 # Instructions per request from each dump's totals.
 for dump in "$out"/callgrind.out.*; do
-    grep -q '^desc: Trigger: Client Request: ' "$dump" || continue
-    name=$(sed -n 's/^desc: Trigger: Client Request: //p' "$dump")
+    name=$(sed -n 's/^desc: Trigger: dump //p' "$dump")
+    [ -n "$name" ] || continue
     total=$(sed -n 's/^summary: //p' "$dump" | awk '{print $1}')
     ok=$(awk -v n="$name" '$1 == n {print $2}' "$out/requests.txt")
-    callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | head -60 > "$out/$name.annotate.txt"
+    callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null | head -120 > "$out/$name.inclusive.txt" || true
+    callgrind_annotate --threshold=100 "$dump" 2>/dev/null | head -80 > "$out/$name.self.txt" || true
     echo "$name: $total instructions / $ok requests = $((total / ok)) per request"
 done | tee "$out/summary.txt"

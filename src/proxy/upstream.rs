@@ -45,7 +45,10 @@ pub async fn connect(
     });
     match checkout {
         Checkout::Ready(conn) => Ok(conn),
-        Checkout::Dial(endpoint) => endpoint.connect().await,
+        // Boxed: a dial's state (TCP connect, TLS and HTTP/2 handshakes)
+        // runs to kilobytes that every request's future would otherwise
+        // carry, and copy at each move; dials are the rare case.
+        Checkout::Dial(endpoint) => Box::pin(endpoint.connect()).await,
     }
 }
 
