@@ -49,6 +49,17 @@ pub struct UpstreamKey {
 }
 
 impl UpstreamKey {
+    /// Whether `settings` of `service` would make this key (no allocation:
+    /// a worker asks after every table rebuild).
+    pub fn matches(&self, service: &str, settings: &ServiceConfig) -> bool {
+        self.protocol == settings.protocol
+            && self.connect_timeout == settings.connect_timeout
+            && match &self.tls {
+                None => settings.protocol != UpstreamProtocol::Https,
+                Some((name, tls)) => **name == *service && *tls == settings.tls,
+            }
+    }
+
     pub fn new(service: &Arc<str>, settings: &ServiceConfig) -> UpstreamKey {
         let tls = (settings.protocol == UpstreamProtocol::Https)
             .then(|| (Arc::clone(service), settings.tls.clone()));
@@ -195,5 +206,27 @@ where
             .push(endpoint);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.settings.wake_reaper();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_matches_the_settings_that_made_it_and_no_others() {
+        let service: Arc<str> = Arc::from("api");
+        let mut settings = ServiceConfig::default();
+        let key = UpstreamKey::new(&service, &settings);
+        assert!(key.matches("api", &settings));
+        assert!(key.matches("other", &settings), "plain keys are shared");
+        settings.connect_timeout += Duration::from_millis(1);
+        assert!(!key.matches("api", &settings));
+        settings.protocol = UpstreamProtocol::Https;
+        let tls = UpstreamKey::new(&service, &settings);
+        assert!(tls.matches("api", &settings));
+        assert!(!tls.matches("other", &settings), "TLS keys are per service");
+        settings.tls.server_name = Some("backend.internal".into());
+        assert!(!tls.matches("api", &settings));
     }
 }

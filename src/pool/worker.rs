@@ -161,9 +161,15 @@ where
         match self.slots.entry(Arc::as_ptr(backend) as usize) {
             Entry::Occupied(o) if Arc::ptr_eq(&o.get().settings, settings) => o.into_mut(),
             Entry::Occupied(o) => {
-                // A rebuild since: same connection settings, or a new endpoint.
-                let endpoint = pools.endpoint(service, settings, backend);
+                // A rebuild since: the same connection settings (most
+                // rebuilds: the slot stays), or a new endpoint.
                 let slot = o.into_mut();
+                let retired = slot.endpoint.retired.load(Ordering::Acquire);
+                if !retired && slot.endpoint.key.matches(service, settings) {
+                    slot.settings = Arc::clone(settings);
+                    return slot;
+                }
+                let endpoint = pools.endpoint(service, settings, backend);
                 if Arc::ptr_eq(&slot.endpoint, &endpoint) {
                     slot.settings = Arc::clone(settings);
                 } else {
