@@ -78,6 +78,26 @@ async fn idle_connections_are_capped_per_backend_and_reused() {
 }
 
 #[tokio::test]
+async fn a_cap_of_zero_keeps_no_idle_connection() {
+    let backend = ConnBackend::start(ConnScript::default()).await;
+    let toml = base_toml_with("upstream_idle_per_backend = 0") + &service("svc", &[&backend], "");
+    let app = start_app(&toml).await;
+    for i in 1..=3 {
+        let resp = Http::new().get(app.proxy, &format!("/svc/{i}")).await;
+        assert_eq!(
+            resp.text(),
+            format!("conn-{i}"),
+            "a new connection each time"
+        );
+        eventually(Duration::from_secs(10), "the proxy closes it", || async {
+            backend.closed_by_peer() == i
+        })
+        .await;
+    }
+    assert_eq!(backend.open(), 0);
+}
+
+#[tokio::test]
 async fn a_connection_the_backend_closed_while_idle_is_not_used_again() {
     let backend = ConnBackend::start(ConnScript {
         close_idle_after: Some(Duration::from_millis(300)),
