@@ -416,14 +416,14 @@ impl RequestTemplate {
 /// beside it (RFC 9113 §8.3.1: a Host that differs makes a strict server
 /// refuse the request as malformed); the client's host travels in
 /// X-Forwarded-Host.
-fn fit(req: &mut Request<UpstreamBody>, backend: &Backend, conn: &Conn, template: &Target) {
+fn fit(req: &mut Request<UpstreamBody>, backend: &Backend, conn: &Conn, target: &Target) {
     if conn.is_h2() {
         *req.version_mut() = Version::HTTP_2;
-        *req.uri_mut() = backend_uri(backend, template.protocol, &template.path);
+        *req.uri_mut() = backend_uri(backend, target.protocol, &target.path);
         req.headers_mut().remove(HOST);
     } else {
         *req.version_mut() = Version::HTTP_11;
-        *req.uri_mut() = Uri::from(template.path.clone());
+        *req.uri_mut() = Uri::from(target.path.clone());
     }
 }
 
