@@ -37,8 +37,9 @@ pub struct Worker<B> {
 #[derive(Debug)]
 struct Slot<B> {
     endpoint: Arc<Endpoint<B>>,
-    /// The service settings this slot was checked against.
-    settings: Arc<ServiceConfig>,
+    /// The service settings this slot was checked against (`None`: made
+    /// by a release, not checked yet).
+    settings: Option<Arc<ServiceConfig>>,
     idle: VecDeque<Idle<B>>,
     h2: Option<http2::SendRequest<B>>,
 }
@@ -125,16 +126,18 @@ where
             return;
         }
         let key = Arc::as_ptr(&endpoint.backend) as usize;
-        let Some(slot) = self
+        // The request's task may have moved to this worker since its
+        // checkout: the connection joins this worker's list.
+        let slot = self
             .slots
-            .get_mut(&key)
-            .filter(|s| Arc::ptr_eq(&s.endpoint, endpoint))
-        else {
-            // This worker never checked this endpoint out (the response
-            // ended on another thread, with another endpoint in its slot).
+            .entry(key)
+            .or_insert_with(|| Slot::new(Arc::clone(endpoint), None));
+        if !Arc::ptr_eq(&slot.endpoint, endpoint) {
+            // This worker already holds another endpoint for the backend
+            // (its settings changed): the older connection goes.
             endpoint.idle.fetch_sub(1, Ordering::AcqRel);
             return;
-        };
+        }
         // Closed connections sink to the bottom of a LIFO list: drop one per
         // release, so lists never hold more than their share of dead ones.
         if slot.idle.front().is_some_and(|i| i.state.is_closed()) {
@@ -159,27 +162,34 @@ where
         backend: &Arc<Backend>,
     ) -> &mut Slot<B> {
         match self.slots.entry(Arc::as_ptr(backend) as usize) {
-            Entry::Occupied(o) if Arc::ptr_eq(&o.get().settings, settings) => o.into_mut(),
+            Entry::Occupied(o)
+                if o.get()
+                    .settings
+                    .as_ref()
+                    .is_some_and(|s| Arc::ptr_eq(s, settings)) =>
+            {
+                o.into_mut()
+            }
             Entry::Occupied(o) => {
                 // A rebuild since: the same connection settings (most
                 // rebuilds: the slot stays), or a new endpoint.
                 let slot = o.into_mut();
                 let retired = slot.endpoint.retired.load(Ordering::Acquire);
                 if !retired && slot.endpoint.key.matches(service, settings) {
-                    slot.settings = Arc::clone(settings);
+                    slot.settings = Some(Arc::clone(settings));
                     return slot;
                 }
                 let endpoint = pools.endpoint(service, settings, backend);
                 if Arc::ptr_eq(&slot.endpoint, &endpoint) {
-                    slot.settings = Arc::clone(settings);
+                    slot.settings = Some(Arc::clone(settings));
                 } else {
-                    *slot = Slot::new(endpoint, settings);
+                    *slot = Slot::new(endpoint, Some(settings));
                 }
                 slot
             }
             Entry::Vacant(v) => v.insert(Slot::new(
                 pools.endpoint(service, settings, backend),
-                settings,
+                Some(settings),
             )),
         }
     }
@@ -198,10 +208,10 @@ where
 }
 
 impl<B> Slot<B> {
-    fn new(endpoint: Arc<Endpoint<B>>, settings: &Arc<ServiceConfig>) -> Slot<B> {
+    fn new(endpoint: Arc<Endpoint<B>>, settings: Option<&Arc<ServiceConfig>>) -> Slot<B> {
         Slot {
             endpoint,
-            settings: Arc::clone(settings),
+            settings: settings.cloned(),
             idle: VecDeque::new(),
             h2: None,
         }
