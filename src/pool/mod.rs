@@ -4,7 +4,7 @@
 //!
 //! - HTTP/1.1: each worker thread keeps its own idle connections per backend
 //!   ([`worker::Worker`], owned by the request path as a thread-local), so
-//!   taking one is a pop and an atomic swap; at most
+//!   taking one is a pop and one compare-and-swap; at most
 //!   `[proxy] upstream_idle_per_backend` are kept per backend over all
 //!   workers, and each is closed after `upstream_idle_timeout` unused.
 //! - HTTP/2 (h2c, or TLS where ALPN chose `h2`): one shared, multiplexed
