@@ -25,6 +25,7 @@ use crate::config::{Config, StoreConfig};
 use crate::control::ControlPlane;
 use crate::listener::{self, ConnTimeouts, Listener};
 use crate::metrics::Metrics;
+use crate::proxy::upstream::UpstreamPools;
 use crate::proxy::{Proxy, ProxyService};
 use crate::registry::{self, Registry, StoreError};
 use crate::reload::Reloader;
@@ -67,6 +68,8 @@ pub struct App {
     config: Arc<Config>,
     metrics: Metrics,
     publisher: Arc<Publisher>,
+    /// Connections to backends, beside the table rather than in it.
+    pools: Arc<UpstreamPools>,
     registry: Arc<Registry>,
     reloader: Reloader,
     /// The TLS listeners' certificates: reloaded with the config and when
@@ -134,6 +137,7 @@ impl App {
             .apply(config.access_log.as_ref())
             .map_err(StartError::AccessLog)?;
         let publisher = Arc::new(Publisher::new(Arc::clone(&config), metrics.clone()));
+        let pools = Arc::new(UpstreamPools::new(&config.proxy));
         publisher.add_source(Arc::clone(&registry) as Arc<dyn BackendSource>);
         registry.set_routing_hook(RoutingToTable(Arc::downgrade(&publisher)));
         let certs = Arc::new(CertReloader::new(live_certs, metrics.clone()));
@@ -144,6 +148,7 @@ impl App {
             config,
             metrics,
             publisher,
+            pools,
             registry,
             reloader,
             certs,
@@ -228,6 +233,9 @@ impl App {
         let sweeper = self
             .control
             .spawn(Arc::clone(&self.publisher).run_sweeper());
+        let reaper = self
+            .control
+            .spawn(Arc::clone(&self.pools).run_reaper(Arc::clone(&self.publisher)));
         let health = crate::health::spawn(Arc::clone(&self.publisher), self.metrics.clone());
         let registry_tasks = self.spawn_registry_tasks();
         self.ready.store(true, Ordering::Relaxed);
@@ -249,6 +257,7 @@ impl App {
         .await;
         coalescer.abort();
         sweeper.abort();
+        reaper.abort();
         health.abort(); // dropping the supervisor aborts every checker
         registry_tasks.iter().for_each(|task| task.abort());
         if let Err(e) = self.registry.flush().await {
@@ -307,7 +316,8 @@ impl App {
         let cfg = &self.config.proxy;
         Proxy {
             table: Arc::clone(self.publisher.table()),
-            publisher: Arc::clone(&self.publisher),
+            nudge: self.publisher.readiness_nudge(),
+            pools: Arc::clone(&self.pools),
             trusted_proxies: cfg.trusted_proxies.clone(),
             body_idle_timeout: cfg.body_idle_timeout,
             max_body_bytes: cfg.max_body_bytes,

@@ -24,7 +24,11 @@
 //!   (HTTP, TCP, gRPC).
 //! - [`routing`]: host and path-prefix precedence.
 //! - [`request_path`]: dot segments removed, ambiguous encodings found, before routing.
-//! - [`proxy`]: the request path (headers, retries, bodies, errors, upstream pools).
+//! - [`proxy`]: the request path (headers, retries, bodies, errors).
+//! - [`pool`]: upstream connections — per-worker HTTP/1 keep-alive lists capped per
+//!   backend, one shared HTTP/2 connection per backend, the idle reaper, the connector
+//!   (TCP, TLS, ALPN).
+//! - [`budget`]: each service's retry budget, kept across rebuilds.
 //! - [`listener`]: accept loops, connection limits, header-read and idle timeouts, graceful close.
 //! - [`log_throttle`]: one log line per interval for faults that repeat (EMFILE...).
 //! - [`tls`]: rustls settings — listener certificates chosen by SNI and reloaded live
@@ -44,6 +48,7 @@ pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod balance;
+pub mod budget;
 pub mod config;
 pub mod control;
 pub mod health;
@@ -51,6 +56,7 @@ pub mod listener;
 pub mod log_throttle;
 pub mod metrics;
 pub mod overrides;
+pub mod pool;
 pub mod proxy;
 pub mod registry;
 pub mod reload;

@@ -5,7 +5,7 @@
 //! lock-free `load_full` and never waits. [`Publisher`] is the only writer. It
 //! keeps the sources of truth (the config today; the registry and health
 //! checkers feed it too) and the long-lived pieces that must survive a rebuild
-//! (backends with their live state, pooled clients, metric handles), rebuilds
+//! (backends with their live state, retry budgets, metric handles), rebuilds
 //! a whole table when a source changes, and swaps it in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -19,10 +19,9 @@ use tokio::sync::{watch, Notify};
 use crate::backend::{Backend, Health};
 use crate::balance::sticky::StickyIndex;
 use crate::balance::{Balancer, Build};
+use crate::budget::RetryBudget;
 use crate::config::{BalancePolicy, Config, ServiceConfig};
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::proxy::retry::RetryBudget;
-use crate::proxy::upstream::{Upstream, UpstreamKey};
 use crate::routing::{RouteSpec, RouteTable};
 use crate::source::{merge_sorted, BackendSource, StaticSource};
 
@@ -66,7 +65,6 @@ pub struct Service {
     /// The balancer's position, shared by every table that holds this service.
     pub cursor: Arc<AtomicUsize>,
     pub settings: Arc<ServiceConfig>,
-    pub upstream: Upstream,
     pub metrics: Arc<ServiceMetrics>,
     /// Shared by every table that holds this service, so reloads keep it.
     pub budget: Arc<RetryBudget>,
@@ -103,6 +101,18 @@ pub struct Publisher {
     drain_started: Notify,
 }
 
+/// All the request path may ask of the publisher: refresh one service's
+/// ready list (passive health ejected a backend). A narrow handle, so the
+/// request path cannot rebuild or reconfigure the table.
+#[derive(Debug, Clone)]
+pub struct ReadinessNudge(Arc<Publisher>);
+
+impl ReadinessNudge {
+    pub fn service(&self, name: &Arc<str>) {
+        self.0.nudge_service(name);
+    }
+}
+
 /// Work the coalescer owes: a full rebuild, or fresh ready lists for some services.
 #[derive(Debug, Default)]
 struct Pending {
@@ -124,7 +134,6 @@ impl Service {
             cursor: Arc::clone(&self.cursor),
             ready,
             settings: Arc::clone(&self.settings),
-            upstream: self.upstream.clone(),
             metrics: Arc::clone(&self.metrics),
             budget: Arc::clone(&self.budget),
         }
@@ -141,7 +150,6 @@ struct State {
     sources: Vec<Arc<dyn BackendSource>>,
     /// Every service's backends from every source, with their live state.
     members: members::Members,
-    clients: HashMap<UpstreamKey, Upstream>,
     service_metrics: HashMap<Arc<str>, Arc<ServiceMetrics>>,
     budgets: HashMap<Arc<str>, Arc<RetryBudget>>,
     /// Balancer cursors, so a rebuild does not restart round robin at the
@@ -159,7 +167,6 @@ impl Publisher {
             metrics,
             sources: Vec::new(),
             members: members::Members::default(),
-            clients: HashMap::new(),
             service_metrics: HashMap::new(),
             budgets: HashMap::new(),
             cursors: HashMap::new(),
@@ -182,6 +189,11 @@ impl Publisher {
     /// removed or re-set backends. Readiness-only refreshes do not count.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// The handle the request path holds.
+    pub fn readiness_nudge(self: &Arc<Self>) -> ReadinessNudge {
+        ReadinessNudge(Arc::clone(self))
     }
 
     /// Ask for a full rebuild soon (registry changes). Cheap and
@@ -378,9 +390,6 @@ impl State {
         self.service_metrics.retain(|k, _| by_name.contains_key(k));
         self.budgets.retain(|k, _| by_name.contains_key(k));
         self.cursors.retain(|k, _| by_name.contains_key(k));
-        // TLS pools are per service: drop those of removed services.
-        self.clients
-            .retain(|k, _| k.service().is_none_or(|s| by_name.contains_key(s)));
         Table {
             routes: Arc::new(route_table(&config, &by_name)),
             services,
@@ -427,8 +436,6 @@ impl State {
             backends.iter().for_each(|b| b.set_health(Health::Healthy));
         }
         let ready = ready_backends(&backends, settings.panic_threshold);
-        let upstream = self.client(&name, &settings);
-        upstream.pin(&backends);
         let cursor = Arc::clone(self.cursors.entry(Arc::clone(&name)).or_default());
         Service {
             budget: Arc::clone(self.budgets.entry(Arc::clone(&name)).or_default()),
@@ -436,27 +443,12 @@ impl State {
             sticky: sticky_index(&ready, &settings),
             cursor,
             policy: settings.balance,
-            upstream,
             metrics: self.service_metrics(&name),
             name,
             backends,
             ready,
             settings,
         }
-    }
-
-    fn client(&mut self, service: &Arc<str>, settings: &ServiceConfig) -> Upstream {
-        let key = UpstreamKey::new(service, settings);
-        if key.service().is_some() {
-            // A TLS pool belongs to one service: one whose TLS settings
-            // changed drops its old pool.
-            self.clients
-                .retain(|k, _| k.service() != Some(service) || *k == key);
-        }
-        self.clients
-            .entry(key)
-            .or_insert_with_key(Upstream::new)
-            .clone()
     }
 
     fn service_metrics(&mut self, name: &Arc<str>) -> Arc<ServiceMetrics> {

@@ -73,6 +73,13 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Default false: `//` runs in request paths count as one `/` (routing and upstream).
     pub merge_slashes: bool,
+    /// Default 64 (NGINX's `keepalive 64`): idle keep-alive connections kept
+    /// per backend; 0 = every upstream connection closes after its request.
+    pub upstream_idle_per_backend: usize,
+    /// Default 4 s: an idle upstream connection is closed after this long
+    /// (below the 5 s keep-alive of Node.js and Apache, so the backend
+    /// rarely closes first).
+    pub upstream_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

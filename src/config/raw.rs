@@ -62,6 +62,8 @@ pub(super) struct RawProxy {
     pub drain_timeout: Option<Text>,
     pub workers: Option<Int>,
     pub merge_slashes: Option<bool>,
+    pub upstream_idle_per_backend: Option<Int>,
+    pub upstream_idle_timeout: Option<Text>,
     #[serde(default)]
     pub tls: Vec<RawTls>,
 }

@@ -19,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::upstream::{self, ConnLease};
 use crate::access_log::Pending;
 use crate::backend::ActiveGuard;
 use crate::metrics::ServiceMetrics;
@@ -373,6 +374,9 @@ pub enum ProxyBody {
         idle: IdleTimer,
         /// Dropped with the body: at its end, or when the client goes away.
         guard: Option<RequestGuard>,
+        /// The HTTP/1 connection it arrives on: back to the idle list when
+        /// the body ends cleanly, closed if it ends any other way.
+        conn: Option<ConnLease>,
     },
 }
 
@@ -393,11 +397,21 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(inner: Incoming, idle_timeout: Duration, guard: RequestGuard) -> ProxyBody {
+    pub fn upstream(
+        inner: Incoming,
+        idle_timeout: Duration,
+        guard: RequestGuard,
+        mut conn: Option<ConnLease>,
+    ) -> ProxyBody {
+        if let Some(lease) = conn.take_if(|_| inner.is_end_stream()) {
+            // hyper may never poll a body known to be empty.
+            upstream::release(lease);
+        }
         ProxyBody::Upstream {
             inner,
             idle: IdleTimer::new(idle_timeout),
             guard: Some(guard),
+            conn,
         }
     }
 }
@@ -412,8 +426,26 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Upstream { inner, idle, guard } => {
+            ProxyBody::Upstream {
+                inner,
+                idle,
+                guard,
+                conn,
+            } => {
                 let frame = ready!(poll_with_idle(Pin::new(inner), idle, cx));
+                // hyper stops polling a body once it reports its end, so
+                // the last data frame may be the last poll.
+                let ended = match &frame {
+                    None => true,
+                    Some(Ok(_)) => inner.is_end_stream(),
+                    Some(Err(_)) => {
+                        drop(conn.take());
+                        false
+                    }
+                };
+                if let Some(lease) = conn.take_if(|_| ended) {
+                    upstream::release(lease);
+                }
                 if let (Some(Ok(f)), Some(log)) =
                     (&frame, guard.as_mut().and_then(|g| g.log.as_mut()))
                 {

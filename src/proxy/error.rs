@@ -32,13 +32,14 @@ pub enum ProxyError {
     #[error("every backend is at its request limit")]
     LimitReached,
     #[error("backend connect failed")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] crate::pool::DialError),
     #[error("backend reset")]
-    Reset(#[source] hyper_util::client::legacy::Error),
+    Reset(#[source] hyper::Error),
+    /// `None`: every connection tried closed before the request went out.
     #[error("backend closed a reused connection before answering")]
-    Stale(#[source] hyper_util::client::legacy::Error),
+    Stale(#[source] Option<hyper::Error>),
     #[error("backend sent a bad response")]
-    BadResponse(#[source] hyper_util::client::legacy::Error),
+    BadResponse(#[source] hyper::Error),
     #[error("backend response framing is ambiguous: {0}")]
     BadFraming(&'static str),
     #[error("backend timeout")]

@@ -3,13 +3,12 @@
 //! [`ProxyService`] is the hyper `Service` of every client connection. One
 //! request reads the published table once (`load_full`: an `Arc` held across
 //! awaits), finds its route and service, picks a backend, rewrites headers,
-//! sends the request through the service's pooled client under the
+//! sends the request on a pooled connection ([`crate::pool`]) under the
 //! timeouts, retries where [`retry`] allows, and streams the answer back with
 //! the in-flight guard riding in the body. Any [`ProxyError`] becomes a
 //! response in exactly one place, [`ProxyError::into_response`].
 
 pub mod body;
-pub mod connector;
 pub mod error;
 pub mod framing;
 pub mod headers;
@@ -41,14 +40,16 @@ use crate::balance::{sticky, PickContext};
 use crate::config::UpstreamProtocol;
 use crate::log_throttle::{is_out_of_descriptors, Throttle};
 use crate::metrics::UnroutedMetrics;
+use crate::pool::SendError;
 use crate::request_id;
 use crate::request_path;
 use crate::routing::{self, Route};
-use crate::table::{Publisher, Service, SharedTable, Table};
+use crate::table::{ReadinessNudge, Service, SharedTable, Table};
 use body::{BodyError, ProxyBody, RequestGuard, UpstreamBody};
 pub use error::ProxyError;
 use headers::Forwarded;
 use retry::{Attempt, Failure};
+use upstream::{Conn, ConnLease, UpstreamPools};
 
 /// hyper's smallest read buffer; heads over `max_header_bytes` above this
 /// are refused by hyper itself.
@@ -62,7 +63,9 @@ static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 pub struct Proxy {
     pub table: SharedTable,
     /// Nudged when passive health ejects a backend.
-    pub publisher: Arc<Publisher>,
+    pub nudge: ReadinessNudge,
+    /// Connections to the backends.
+    pub pools: Arc<UpstreamPools>,
     pub trusted_proxies: Vec<IpNet>,
     pub body_idle_timeout: Duration,
     /// 0 = unlimited.
@@ -293,10 +296,13 @@ impl ProxyService {
         );
         let template = RequestTemplate {
             method: parts.method,
-            path,
+            target: Target {
+                protocol: fwd.service.settings.protocol,
+                path,
+            },
             headers: parts.headers,
         };
-        let (mut resp, guard) =
+        let (mut resp, conn, guard) =
             send_with_retries(&self.proxy, fwd, template, body, &affinity).await?;
         if let Some(config) = &fwd.service.settings.sticky {
             // Stick the client to the backend that answered, unless its
@@ -308,10 +314,14 @@ impl ProxyService {
                 );
             }
         }
+        let answer = Answer {
+            resp,
+            conn,
+            active: guard,
+        };
         Ok(finish_response(
             fwd,
-            resp,
-            guard,
+            answer,
             client_upgrade,
             self.proxy.body_idle_timeout,
         ))
@@ -367,38 +377,59 @@ impl Affinity {
 /// What every attempt of one request sends.
 struct RequestTemplate {
     method: http::Method,
-    path: PathAndQuery,
+    target: Target,
     headers: http::HeaderMap,
 }
 
+/// Where the attempts of one request go, besides the backend.
+struct Target {
+    protocol: UpstreamProtocol,
+    path: PathAndQuery,
+}
+
 impl RequestTemplate {
+    /// The request for one attempt on `conn`. The headers are moved into
+    /// the `last` attempt possible and cloned for the others, which a retry
+    /// may follow.
     fn build(
-        &self,
+        &mut self,
         backend: &Backend,
-        protocol: UpstreamProtocol,
+        conn: &Conn,
         body: UpstreamBody,
+        last: bool,
     ) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = backend_uri(backend, protocol, &self.path);
-        *req.version_mut() = match protocol {
-            UpstreamProtocol::H2c => Version::HTTP_2,
-            UpstreamProtocol::Http1 | UpstreamProtocol::Https => Version::HTTP_11,
+        *req.headers_mut() = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
         };
-        *req.headers_mut() = self.headers.clone();
-        if protocol == UpstreamProtocol::H2c {
-            // One authority (RFC 9113 §8.3.1): `:authority` names the
-            // backend (the pool dials what the URI names), and a Host that
-            // differs makes a strict server refuse the request as
-            // malformed. The client's host travels in X-Forwarded-Host.
-            req.headers_mut().remove(HOST);
-        }
+        fit(&mut req, backend, conn, &self.target);
         req
     }
 }
 
-/// TLS backends are addressed by name (pool key, SNI, HTTP/2 `:authority`);
-/// the others by the address they resolved to.
+/// Address `req` for the protocol its connection speaks (known before the
+/// request goes out, ALPN included). HTTP/1.1: origin-form, the client's
+/// Host. HTTP/2: `:scheme` and `:authority` naming the backend, and no Host
+/// beside it (RFC 9113 §8.3.1: a Host that differs makes a strict server
+/// refuse the request as malformed); the client's host travels in
+/// X-Forwarded-Host.
+fn fit(req: &mut Request<UpstreamBody>, backend: &Backend, conn: &Conn, target: &Target) {
+    if conn.is_h2() {
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = backend_uri(backend, target.protocol, &target.path);
+        req.headers_mut().remove(HOST);
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = Uri::from(target.path.clone());
+    }
+}
+
+/// The absolute URI of an HTTP/2 request. TLS backends are addressed by
+/// the name written in the config (the SNI and name verified), the others
+/// by the address they resolved to.
 fn backend_uri(backend: &Backend, protocol: UpstreamProtocol, path: &PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
     let (scheme, authority) = match protocol {
@@ -498,13 +529,17 @@ fn pick(
     }
 }
 
+/// The backend's answer, the HTTP/1 connection it came on, and the request's
+/// place in the backend's in-flight count.
+type Answered = (Response<Incoming>, Option<ConnLease>, ActiveGuard);
+
 async fn send_with_retries(
     proxy: &Proxy,
     fwd: &Forwarding<'_>,
-    template: RequestTemplate,
+    mut template: RequestTemplate,
     body: UpstreamBody,
     affinity: &Affinity,
-) -> Result<(Response<Incoming>, ActiveGuard), ProxyError> {
+) -> Result<Answered, ProxyError> {
     let service = fwd.service;
     let settings = &service.settings;
     let deadline = tokio::time::Instant::from_std(fwd.started + settings.request_timeout);
@@ -518,12 +553,20 @@ async fn send_with_retries(
         let backend = &service.ready[index];
         let guard = backend.start_request();
         let attempt_body = body.again().unwrap_or(UpstreamBody::Empty);
-        let req = template.build(backend, service.upstream.protocol, attempt_body);
         let try_deadline = settings
             .try_timeout
             .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
-        let outcome = attempt(service, backend, req, try_deadline).await;
-        outlier::observe(proxy, service, backend, &outcome);
+        let last = retries >= settings.retry.attempts;
+        let sending = Sending {
+            proxy,
+            service,
+            backend,
+            deadline: try_deadline,
+            retry: retries > 0,
+        };
+        let outcome = sending.attempt(&mut template, attempt_body, last).await;
+        let status = outcome.as_ref().map(|(resp, _)| resp.status());
+        outlier::observe(proxy, service, backend, status);
         let facts = Attempt {
             method: &template.method,
             retries,
@@ -531,16 +574,19 @@ async fn send_with_retries(
             try_timeout: settings.try_timeout.is_some() && tokio::time::Instant::now() < deadline,
         };
         let failure = match &outcome {
-            Ok(resp) if !resp.status().is_server_error() => return Ok((outcome?, guard)),
-            Ok(resp) => Failure::Status(resp.status().as_u16()),
+            Ok((resp, _)) if !resp.status().is_server_error() => {
+                return outcome.map(|(resp, conn)| (resp, conn, guard));
+            }
+            Ok((resp, _)) => Failure::Status(resp.status().as_u16()),
             Err(e) => Failure::Error(e),
         };
-        let retry = retry::should_retry(&settings.retry, facts, failure)
+        let retry = !last
+            && retry::should_retry(&settings.retry, facts, failure)
             && service
                 .budget
                 .try_retry(now_secs(), settings.retry.budget_percent);
         if !retry {
-            return outcome.map(|resp| (resp, guard));
+            return outcome.map(|(resp, conn)| (resp, conn, guard));
         }
         retries += 1;
         service.metrics.retries.inc();
@@ -553,45 +599,98 @@ fn now_secs() -> u64 {
     crate::backend::now_millis() / 1000
 }
 
-/// One attempt against one backend, classified and counted.
-async fn attempt(
-    service: &Service,
-    backend: &Backend,
-    mut req: Request<UpstreamBody>,
+/// How many connections one attempt may try when each closes before its
+/// request goes out (a backend restarting under a full idle list).
+const MAX_UNSENT: usize = 4;
+
+/// One attempt against one backend.
+struct Sending<'a> {
+    proxy: &'a Proxy,
+    service: &'a Service,
+    backend: &'a Arc<Backend>,
     deadline: tokio::time::Instant,
-) -> Result<Response<Incoming>, ProxyError> {
-    // Only requests that could not otherwise be retried pay for learning
-    // whether their connection was a reused one.
-    let watched =
-        (!retry::is_idempotent(req.method())).then(|| upstream::watch_connection(&mut req));
-    let started = Instant::now();
-    let sent = tokio::time::timeout_at(deadline, service.upstream.client().request(req)).await;
-    let result = match sent {
-        Err(_elapsed) => Err(ProxyError::Timeout),
-        Ok(Ok(resp)) => headers::check_response_framing(resp.headers())
-            .map(|()| resp)
-            .map_err(ProxyError::BadFraming),
-        Ok(Err(e)) => {
-            let reused = watched.is_some_and(|w| upstream::was_reused(&w, started));
-            Err(classify(e, reused))
+    /// A retry: it goes out on a new HTTP/1 connection.
+    retry: bool,
+}
+
+impl Sending<'_> {
+    /// Send under the attempt's deadline; classify and count the outcome.
+    async fn attempt(
+        &self,
+        template: &mut RequestTemplate,
+        body: UpstreamBody,
+        last: bool,
+    ) -> Result<(Response<Incoming>, Option<ConnLease>), ProxyError> {
+        let started = Instant::now();
+        let sent = tokio::time::timeout_at(self.deadline, self.send(template, body, last)).await;
+        let result = match sent {
+            Err(_elapsed) => Err(ProxyError::Timeout),
+            Ok(Ok((resp, conn))) => headers::check_response_framing(resp.headers())
+                .map(|()| (resp, conn))
+                .map_err(ProxyError::BadFraming),
+            Ok(Err(e)) => Err(e),
+        };
+        let status = result.as_ref().map(|(resp, _)| resp.status());
+        record_latency(self.backend, started, status);
+        self.count(status);
+        result
+    }
+
+    /// Take a connection and send; a connection that closed before the
+    /// request went out hands it back, and the next one takes it.
+    async fn send(
+        &self,
+        template: &mut RequestTemplate,
+        body: UpstreamBody,
+        last: bool,
+    ) -> Result<(Response<Incoming>, Option<ConnLease>), ProxyError> {
+        let pools = &self.proxy.pools;
+        let mut conn = upstream::connect(pools, self.service, self.backend, !self.retry)
+            .await
+            .map_err(ProxyError::Connect)?;
+        let mut req = template.build(self.backend, &conn, body, last);
+        for _ in 0..MAX_UNSENT {
+            match conn.send(req).await {
+                Ok(resp) => return Ok((resp, conn.into_lease())),
+                Err(SendError::Failed(e)) => {
+                    return Err(classify(e, self.stale_possible(&conn, template)))
+                }
+                Err(SendError::NotSent(unsent)) => req = unsent,
+            }
+            conn = upstream::connect(pools, self.service, self.backend, !self.retry)
+                .await
+                .map_err(ProxyError::Connect)?;
+            fit(&mut req, self.backend, &conn, &template.target);
         }
-    };
-    record_latency(backend, started, &result);
-    let counter = match &result {
-        Ok(resp) if !resp.status().is_server_error() => &backend.counters.ok,
-        Err(ProxyError::Timeout) => &backend.counters.timeout,
-        _ => &backend.counters.error,
-    };
-    counter.inc();
-    if let Err(e) = &result {
-        tracing::debug!(backend = %backend.address, error = %e, cause = ?std::error::Error::source(e), "attempt failed");
-        if is_out_of_descriptors(e) {
-            if let Some(more) = NO_DESCRIPTOR.allow(Duration::from_secs(10)) {
-                tracing::warn!(backend = %backend.address, more_since_last_line = more, "backend connect failed: the process is out of file descriptors (RLIMIT_NOFILE)");
+        Err(ProxyError::Stale(None))
+    }
+
+    /// Whether a failure on `conn` may be the stale keep-alive race (the
+    /// backend closed a reused connection as the request went out): then
+    /// nothing reached it, and any method may be retried. Idempotent
+    /// methods are retried anyway, and their failures count against the
+    /// backend's health as resets.
+    fn stale_possible(&self, conn: &Conn, template: &RequestTemplate) -> bool {
+        conn.reused() && !retry::is_idempotent(&template.method)
+    }
+
+    fn count(&self, status: Result<StatusCode, &ProxyError>) {
+        let backend = self.backend;
+        let counter = match status {
+            Ok(status) if !status.is_server_error() => &backend.counters.ok,
+            Err(ProxyError::Timeout) => &backend.counters.timeout,
+            _ => &backend.counters.error,
+        };
+        counter.inc();
+        if let Err(e) = status {
+            tracing::debug!(backend = %backend.address, error = %e, cause = ?std::error::Error::source(e), "attempt failed");
+            if is_out_of_descriptors(e) {
+                if let Some(more) = NO_DESCRIPTOR.allow(Duration::from_secs(10)) {
+                    tracing::warn!(backend = %backend.address, more_since_last_line = more, "backend connect failed: the process is out of file descriptors (RLIMIT_NOFILE)");
+                }
             }
         }
     }
-    result
 }
 
 /// Backend connects failing for want of a descriptor: one line per interval.
@@ -600,25 +699,18 @@ static NO_DESCRIPTOR: Throttle = Throttle::new();
 /// Feed `p2c_ewma`: the attempt's time to response headers; a failure of
 /// the backend's (refused, reset, timed out, garbled, 5xx) counts as slow,
 /// one of the client's (its body too large, idle or gone) not at all.
-fn record_latency(
-    backend: &Backend,
-    started: Instant,
-    result: &Result<Response<Incoming>, ProxyError>,
-) {
-    let failed = match result {
-        Ok(resp) => resp.status().is_server_error(),
+fn record_latency(backend: &Backend, started: Instant, status: Result<StatusCode, &ProxyError>) {
+    let failed = match status {
+        Ok(status) => status.is_server_error(),
         Err(ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::ClientGone) => return,
         Err(_) => true,
     };
     backend.record_latency(started.elapsed(), failed);
 }
 
-/// Sort a client error into what the retry rules and the answer need.
-/// `reused`: the request went out on a pooled connection made earlier.
-fn classify(error: hyper_util::client::legacy::Error, reused: bool) -> ProxyError {
-    if error.is_connect() {
-        return ProxyError::Connect(error);
-    }
+/// Sort a send error into what the retry rules and the answer need.
+/// `reused`: the request went out on a connection made earlier.
+fn classify(error: hyper::Error, reused: bool) -> ProxyError {
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         if let Some(body) = cause.downcast_ref::<BodyError>() {
@@ -628,28 +720,38 @@ fn classify(error: hyper_util::client::legacy::Error, reused: bool) -> ProxyErro
                 BodyError::Stream(_) => ProxyError::ClientGone,
             };
         }
-        if let Some(h) = cause.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() {
-                return ProxyError::BadResponse(error);
-            }
-        }
         source = cause.source();
     }
+    if error.is_parse() || error.is_parse_status() {
+        return ProxyError::BadResponse(error);
+    }
     if reused {
-        ProxyError::Stale(error)
+        ProxyError::Stale(Some(error))
     } else {
         ProxyError::Reset(error)
     }
 }
 
+/// What came back from the backend that answered.
+struct Answer {
+    resp: Response<Incoming>,
+    /// The HTTP/1 connection it came on, offered back when the body ends.
+    conn: Option<ConnLease>,
+    active: ActiveGuard,
+}
+
 /// Turn the backend's answer into the client's, wiring up upgrades.
 fn finish_response(
     fwd: &Forwarding<'_>,
-    mut resp: Response<Incoming>,
-    active: ActiveGuard,
+    answer: Answer,
     client_upgrade: Option<OnUpgrade>,
     body_idle_timeout: Duration,
 ) -> Response<ProxyBody> {
+    let Answer {
+        mut resp,
+        conn,
+        active,
+    } = answer;
     let service = fwd.service;
     let status = resp.status();
     service.metrics.count_response(status.as_u16());
@@ -674,10 +776,12 @@ fn finish_response(
     }
     let body = match (client_upgrade, backend_upgrade) {
         (Some(client), Some(backend)) => {
+            // The connection now belongs to the tunnel; its lease goes.
+            drop(conn);
             tokio::spawn(tunnel(client, backend, guard));
             ProxyBody::empty()
         }
-        _ => ProxyBody::upstream(body, body_idle_timeout, guard),
+        _ => ProxyBody::upstream(body, body_idle_timeout, guard, conn),
     };
     Response::from_parts(parts, body)
 }

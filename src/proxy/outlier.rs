@@ -7,8 +7,7 @@
 //! An ejection only flips atomics and nudges the publisher; the sweeper
 //! brings the backend back when its time is up.
 
-use http::Response;
-use hyper::body::Incoming;
+use http::StatusCode;
 
 use super::{Proxy, ProxyError};
 use crate::backend::Backend;
@@ -19,13 +18,13 @@ pub fn observe(
     proxy: &Proxy,
     service: &Service,
     backend: &Backend,
-    outcome: &Result<Response<Incoming>, ProxyError>,
+    outcome: Result<StatusCode, &ProxyError>,
 ) {
     let Some(config) = service.settings.outlier.as_ref() else {
         return;
     };
     let failed = match outcome {
-        Ok(resp) => config.eject_on_5xx && resp.status().is_server_error(),
+        Ok(status) => config.eject_on_5xx && status.is_server_error(),
         Err(e) => e.blames_backend(),
     };
     if !failed {
@@ -42,7 +41,7 @@ pub fn observe(
     if backend.eject(config.base_ejection) {
         backend.counters.ejections.inc();
         tracing::warn!(service = %service.name, backend = %backend.address, "ejected after consecutive failures");
-        proxy.publisher.nudge_service(&backend.service);
+        proxy.nudge.service(&backend.service);
     }
 }
 

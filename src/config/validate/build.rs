@@ -84,6 +84,12 @@ fn proxy(cx: &mut Ctx, raw: &RawProxy) -> ProxyConfig {
         drain_timeout: take!(cx, "proxy", dur0(raw.drain_timeout, d)),
         workers: take!(cx, "proxy", int(raw.workers, d, 0..=1024)),
         merge_slashes: raw.merge_slashes.unwrap_or(d.merge_slashes),
+        upstream_idle_per_backend: take!(
+            cx,
+            "proxy",
+            int(raw.upstream_idle_per_backend, d, 0..=NO_MAX)
+        ),
+        upstream_idle_timeout: take!(cx, "proxy", dur(raw.upstream_idle_timeout, d)),
     }
 }
 

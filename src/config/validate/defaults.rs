@@ -47,6 +47,8 @@ pub(super) fn default_proxy() -> ProxyConfig {
         drain_timeout: secs(30),
         workers: 0,
         merge_slashes: false,
+        upstream_idle_per_backend: 64,
+        upstream_idle_timeout: secs(4),
     }
 }
 

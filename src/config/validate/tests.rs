@@ -7,6 +7,7 @@
 mod balancing;
 mod full;
 mod listeners;
+mod pool;
 mod reporting;
 mod values;
 

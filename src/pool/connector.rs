@@ -1,42 +1,40 @@
-//! Backend connections for the pooled clients of [`super::upstream`]: TCP
-//! through hyper-util's `HttpConnector`, plus TLS (tokio-rustls, ALPN `h2`
-//! then `http/1.1`) for `protocol = "https"` pools.
+//! How backend connections are made: TCP through hyper-util's
+//! `HttpConnector` (no delay, 30 s TCP keep-alive, the service's connect
+//! timeout), plus TLS (tokio-rustls, ALPN `h2` then `http/1.1`) for
+//! `protocol = "https"` services.
 //!
-//! Every connection is stamped with its birth time ([`Born`]) in its
-//! `Connected` metadata, TLS ones too, so the request path can tell a reused
-//! connection from a fresh one. A TLS connection whose ALPN chose `h2`
-//! reports `negotiated_h2`, and hyper-util then speaks HTTP/2 on it. A TLS
-//! pool dials each backend name at its pinned address (resolved at load);
-//! the name itself is the SNI and the name verified, unless the service sets
-//! `tls_server_name`.
+//! A connection is always dialed at the address the backend resolved to at
+//! load — the one the health checks probe. A TLS backend is named as written
+//! in the config (`api.internal:8443`): that name is the SNI and the name
+//! verified, unless the service sets `tls_server_name`. The caller learns
+//! from [`UpstreamIo::is_h2`] whether ALPN chose HTTP/2, before it builds a
+//! request.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::uri::Authority;
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tower_service::Service as _;
 
-use super::upstream::Born;
 use crate::config::UpstreamTls;
 use crate::tls::TlsError;
 
 /// Why a backend connection could not be made (always a connect error to
-/// the request path: 502, retryable on another backend).
+/// the request path: 502, retryable on another backend): nothing of the
+/// request was sent.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error(transparent)]
@@ -49,10 +47,12 @@ pub enum DialError {
     ServerName(String),
     #[error(transparent)]
     Settings(Arc<TlsError>),
+    #[error("HTTP handshake failed: {0}")]
+    Http(#[source] hyper::Error),
 }
 
-/// `HttpConnector` (plus TLS for https pools), with each connection stamped
-/// with its birth time.
+/// `HttpConnector`, plus TLS for https services. Cloning shares the TLS
+/// settings (a rustls client config is costly to build: one per service).
 #[derive(Debug, Clone)]
 pub struct Connector {
     http: HttpConnector,
@@ -60,8 +60,8 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// `tls`: the service's settings for an https pool, `None` for plain TCP.
-    pub(super) fn new(connect_timeout: Duration, tls: Option<&UpstreamTls>) -> Connector {
+    /// `tls`: the service's settings for an https service, `None` for plain TCP.
+    pub fn new(connect_timeout: Duration, tls: Option<&UpstreamTls>) -> Connector {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
@@ -70,65 +70,42 @@ impl Connector {
         Connector { http, tls }
     }
 
-    /// The TLS side, shared with the pool that pins its addresses.
-    pub(super) fn tls_dial(&self) -> Option<Arc<TlsDial>> {
-        self.tls.clone()
-    }
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = BornStream;
-    type Error = DialError;
-    type Future = Pin<Box<dyn Future<Output = Result<BornStream, DialError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DialError>> {
-        self.http.poll_ready(cx).map_err(DialError::Tcp)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let Some(tls) = self.tls.clone() else {
-            let connecting = self.http.call(uri);
-            return Box::pin(async move {
-                let io = connecting.await.map_err(DialError::Tcp)?;
-                Ok(BornStream::new(Stream::Plain(io.into_inner())))
-            });
+    /// Open a connection to `addr`; over TLS, `name` (as written in the
+    /// config) is the SNI and the name verified.
+    pub async fn dial(&self, addr: SocketAddr, name: &Authority) -> Result<UpstreamIo, DialError> {
+        let uri = Uri::try_from(format!("http://{addr}")).unwrap_or_default();
+        let connecting = self.http.clone().call(uri);
+        let Some(tls) = &self.tls else {
+            let io = connecting.await.map_err(DialError::Tcp)?;
+            return Ok(UpstreamIo::new(Stream::Plain(io.into_inner())));
         };
-        let authority = uri
-            .authority()
-            .cloned()
-            .unwrap_or_else(|| Authority::from_static("invalid.invalid"));
-        let connecting = self.http.call(tls.dial_uri(&authority));
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + tls.connect_timeout;
-            let dial = async {
-                let tcp = connecting.await.map_err(DialError::Tcp)?.into_inner();
-                let name = tls.server_name(&authority)?;
-                let connector = tls
-                    .connector
-                    .as_ref()
-                    .map_err(|e| DialError::Settings(Arc::clone(e)))?;
-                let stream = connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(DialError::Handshake)?;
-                Ok(BornStream::new(Stream::Tls(Box::new(stream))))
-            };
-            tokio::time::timeout_at(deadline, dial)
+        let deadline = tokio::time::Instant::now() + tls.connect_timeout;
+        let dial = async {
+            let tcp = connecting.await.map_err(DialError::Tcp)?.into_inner();
+            let server_name = tls.server_name(name)?;
+            let connector = tls
+                .connector
+                .as_ref()
+                .map_err(|e| DialError::Settings(Arc::clone(e)))?;
+            let stream = connector
+                .connect(server_name, tcp)
                 .await
-                .map_err(|_| DialError::Timeout)?
-        })
+                .map_err(DialError::Handshake)?;
+            Ok(UpstreamIo::new(Stream::Tls(Box::new(stream))))
+        };
+        tokio::time::timeout_at(deadline, dial)
+            .await
+            .map_err(|_| DialError::Timeout)?
     }
 }
 
 // === TLS ===
 
-/// How an https pool reaches its backends.
-pub(super) struct TlsDial {
+/// How an https service reaches its backends.
+struct TlsDial {
     connector: Result<TlsConnector, Arc<TlsError>>,
     /// `tls_server_name`; else each backend's own host.
     server_name: Option<ServerName<'static>>,
-    /// Backend name as written (`host:port`) → its address resolved at load.
-    pins: ArcSwap<HashMap<Arc<str>, SocketAddr>>,
     /// Bounds TCP connect and TLS handshake together.
     connect_timeout: Duration,
 }
@@ -137,7 +114,6 @@ impl std::fmt::Debug for TlsDial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsDial")
             .field("server_name", &self.server_name)
-            .field("pins", &self.pins)
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
@@ -163,26 +139,8 @@ impl TlsDial {
         TlsDial {
             connector,
             server_name,
-            pins: ArcSwap::default(),
             connect_timeout,
         }
-    }
-
-    /// Replace the pins when they changed (one atomic store; readers never wait).
-    pub(super) fn set_pins(&self, pins: HashMap<Arc<str>, SocketAddr>) {
-        if **self.pins.load() != pins {
-            self.pins.store(Arc::new(pins));
-        }
-    }
-
-    /// Where to open the TCP connection for `authority`: the pinned address,
-    /// or the name itself (resolved by the system) for one not pinned yet.
-    fn dial_uri(&self, authority: &Authority) -> Uri {
-        let target = match self.pins.load().get(authority.as_str()) {
-            Some(addr) => addr.to_string(),
-            None => authority.as_str().to_owned(),
-        };
-        Uri::try_from(format!("http://{target}")).unwrap_or_default()
     }
 
     /// The SNI and verification name for `authority`.
@@ -208,38 +166,26 @@ enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// A backend connection and its birth time.
+/// A backend connection, as hyper's client connections read and write it.
 #[derive(Debug)]
-pub struct BornStream {
+pub struct UpstreamIo {
     io: TokioIo<Stream>,
-    born: Instant,
 }
 
-impl BornStream {
-    fn new(stream: Stream) -> BornStream {
-        BornStream {
+impl UpstreamIo {
+    fn new(stream: Stream) -> UpstreamIo {
+        UpstreamIo {
             io: TokioIo::new(stream),
-            born: Instant::now(),
         }
     }
-}
 
-impl Connection for BornStream {
-    fn connected(&self) -> Connected {
-        let connected = match self.io.inner() {
-            Stream::Plain(tcp) => tcp.connected(),
-            Stream::Tls(tls) => {
-                let (tcp, session) = tls.get_ref();
-                let connected = tcp.connected();
-                // hyper-util speaks HTTP/2 on this connection when ALPN chose it.
-                if session.alpn_protocol() == Some(b"h2") {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        };
-        connected.extra(Born(self.born))
+    /// Whether TLS ALPN chose HTTP/2 (never for plain TCP: h2c is a
+    /// service setting, not a negotiation).
+    pub fn is_h2(&self) -> bool {
+        match self.io.inner() {
+            Stream::Plain(_) => false,
+            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
     }
 }
 
@@ -301,7 +247,7 @@ impl AsyncWrite for Stream {
     }
 }
 
-impl Read for BornStream {
+impl Read for UpstreamIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -311,7 +257,7 @@ impl Read for BornStream {
     }
 }
 
-impl Write for BornStream {
+impl Write for UpstreamIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -345,9 +291,7 @@ impl Write for BornStream {
 mod tests {
     use super::*;
     use crate::config::CaFile;
-    use http::Extensions;
     use rustls::pki_types::CertificateDer;
-    use tower_service::Service as _;
 
     fn settings(ca: Option<CertificateDer<'static>>, server_name: Option<&str>) -> UpstreamTls {
         UpstreamTls {
@@ -360,17 +304,9 @@ mod tests {
     }
 
     #[test]
-    fn names_dial_their_pinned_address_and_are_the_server_name() {
+    fn names_are_the_server_name() {
         let dial = TlsDial::new(&UpstreamTls::default(), Duration::from_secs(1));
         let named = Authority::from_static("api.internal:8443");
-        let addr: SocketAddr = "10.1.2.3:8443".parse().expect("addr");
-        dial.set_pins(HashMap::from([(Arc::from("api.internal:8443"), addr)]));
-        assert_eq!(dial.dial_uri(&named).to_string(), "http://10.1.2.3:8443/");
-        let unpinned = Authority::from_static("other.internal:443");
-        assert_eq!(
-            dial.dial_uri(&unpinned).to_string(),
-            "http://other.internal:443/"
-        );
         let name = dial.server_name(&named).expect("name");
         assert_eq!(name.to_str(), "api.internal");
         let ip = dial
@@ -424,33 +360,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_connections_are_born_stamped_and_report_alpn_h2() {
+    async fn tls_connections_dial_the_address_verify_the_name_and_report_alpn_h2() {
         let (addr, cert) = h2_tls_server().await;
-        let mut connector =
-            Connector::new(Duration::from_secs(2), Some(&settings(Some(cert), None)));
-        let name = format!("localhost:{}", addr.port());
-        if let Some(tls) = connector.tls_dial() {
-            tls.set_pins(HashMap::from([(Arc::from(name.as_str()), addr)]));
-        }
-        let before = Instant::now();
-        let uri: Uri = format!("https://{name}/").parse().expect("uri");
-        let stream = connector.call(uri).await.expect("TLS connect");
-        let connected = stream.connected();
-        assert!(connected.is_negotiated_h2());
-        let mut extensions = Extensions::new();
-        connected.get_extras(&mut extensions);
-        let born = extensions.get::<Born>().expect("Born stamp");
-        assert!(born.0 >= before);
+        let connector = Connector::new(Duration::from_secs(2), Some(&settings(Some(cert), None)));
+        let name = Authority::try_from(format!("localhost:{}", addr.port())).expect("name");
+        let stream = connector.dial(addr, &name).await.expect("TLS connect");
+        assert!(stream.is_h2());
     }
 
     #[tokio::test]
     async fn an_untrusted_certificate_fails_the_connect() {
         let (addr, _cert) = h2_tls_server().await;
-        let mut connector = Connector::new(Duration::from_secs(2), Some(&settings(None, None)));
-        let uri: Uri = format!("https://localhost:{}/", addr.port())
-            .parse()
-            .expect("uri");
-        let err = connector.call(uri).await.map(|_| ()).unwrap_err();
+        let connector = Connector::new(Duration::from_secs(2), Some(&settings(None, None)));
+        let name = Authority::try_from(format!("localhost:{}", addr.port())).expect("name");
+        let err = connector.dial(addr, &name).await.map(|_| ()).unwrap_err();
         assert!(matches!(err, DialError::Handshake(_)), "{err}");
     }
 }
