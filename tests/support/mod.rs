@@ -19,6 +19,7 @@ pub mod bodies;
 pub mod client;
 /// Config text and config files.
 pub mod config_file;
+/// A backend that counts its connections (the upstream pool tests).
 pub mod conn_backend;
 /// The app run in-process.
 pub mod in_process;
