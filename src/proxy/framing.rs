@@ -145,6 +145,15 @@ impl RequestFraming {
         self.state == State::Done
     }
 
+    /// Whether it is between two requests: the previous message (head and
+    /// body) has ended and no byte of the next request line has come. The
+    /// differential fuzz target (`fuzz/fuzz_targets/framing.rs`) checks
+    /// message ends against httparse and hyper's rules with it.
+    #[doc(hidden)]
+    pub fn between_messages(&self) -> bool {
+        self.state == State::Start
+    }
+
     /// Whether it is inside a request head: past the first byte of a request
     /// line and before the empty line that ends the head. The listener times
     /// `header_read_timeout` from the moment this becomes true.
