@@ -145,6 +145,29 @@ impl RequestFraming {
         self.state == State::Done
     }
 
+    /// Whether hyper takes this request for an upgrade — `CONNECT`, or an
+    /// `Upgrade` line on HTTP/1.1 (`role.rs`, as [`Self::end_head`] follows
+    /// it) — the head after which the guard stops for good. Unless the
+    /// protocol really switches, the answer to such a request must close the
+    /// connection: hyper goes on reading HTTP/1 requests that the guard no
+    /// longer sees (found by reading the `framing` fuzz target's reference:
+    /// `Upgrade: x` without `Connection: upgrade`, or a CONNECT answered
+    /// 404, let a later Content-Length + Transfer-Encoding request through).
+    pub fn stops_after(
+        method: &http::Method,
+        version: http::Version,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        if version > http::Version::HTTP_11 {
+            return false;
+        }
+        if headers.contains_key(http::header::UPGRADE) {
+            version == http::Version::HTTP_11
+        } else {
+            method == http::Method::CONNECT
+        }
+    }
+
     /// Whether it is between two requests: the previous message (head and
     /// body) has ended and no byte of the next request line has come. The
     /// differential fuzz target (`fuzz/fuzz_targets/framing.rs`) checks
