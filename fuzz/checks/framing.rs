@@ -14,7 +14,9 @@
 //!      `Transfer-Encoding` line; with both, change it so that httparse
 //!      rejects it (hyper then answers 400 and closes);
 //!    - stop for good (`is_done`) where hyper upgrades (CONNECT, `Upgrade`
-//!      on HTTP/1.1), since what follows is no longer HTTP/1;
+//!      on HTTP/1.1), since what follows is no longer HTTP/1, and
+//!      `RequestFraming::stops_after` (which makes the proxy close such a
+//!      connection unless it switched) must name exactly those heads;
 //!    - leave the body untouched and be back between messages exactly where
 //!      hyper's decoder ends the message.
 //!
@@ -145,6 +147,13 @@ pub fn differential(stream: &[u8], out: &[u8]) {
         let Some(framing) = hyper_framing(&req) else {
             return;
         };
+        // The proxy closes the connection after the answer to exactly the
+        // heads the guard stops at (unless the protocol switches).
+        assert_eq!(
+            stops_after(&req),
+            matches!(framing, Framing::Upgrade),
+            "RequestFraming::stops_after disagrees with hyper on the head at {pos}"
+        );
         let end = match framing {
             Framing::Upgrade => {
                 feed(&mut guard, &stream[pos..head_end]);
@@ -197,6 +206,26 @@ pub fn differential(stream: &[u8], out: &[u8]) {
         );
         pos = end;
     }
+}
+
+/// `RequestFraming::stops_after` on the head as hyper hands it to the
+/// service (names only; values do not matter to it).
+fn stops_after(req: &httparse::Request<'_, '_>) -> bool {
+    let method = req
+        .method
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or(http::Method::GET);
+    let version = match req.version {
+        Some(1) => http::Version::HTTP_11,
+        _ => http::Version::HTTP_10,
+    };
+    let mut headers = http::HeaderMap::new();
+    for h in req.headers.iter() {
+        if let Ok(name) = http::HeaderName::from_bytes(h.name.as_bytes()) {
+            headers.append(name, http::HeaderValue::from_static(""));
+        }
+    }
+    RequestFraming::stops_after(&method, version, &headers)
 }
 
 fn feed(guard: &mut RequestFraming, bytes: &[u8]) {
