@@ -52,6 +52,7 @@ cd "$repo"
 mkdir -p "$results"
 echo "==> building fuzz targets (sanitizer: $sanitizer, target dir: $target_dir)"
 nice -n 10 cargo fuzz build -s "$sanitizer" --target-dir "$target_dir"
+bin_dir="$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release"
 
 found=0
 summary="$results/summary.txt"
@@ -66,8 +67,10 @@ for target in $targets; do
   log="$results/$target.log"
   echo "==> $target for $minutes min (log: $log)"
   status=0
-  nice -n 10 cargo fuzz run -s "$sanitizer" --target-dir "$target_dir" "$target" \
-    "$corpus" "${seeds[@]}" -- \
+  # The binary itself, not `cargo fuzz run`, which would rebuild first when the
+  # sources changed since the build above.
+  nice -n 10 "$bin_dir/$target" "$corpus" "${seeds[@]}" \
+    -artifact_prefix="fuzz/artifacts/$target/" \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     "${dict[@]}" >"$log" 2>&1 || status=$?
   # libFuzzer's last status line: "#N DONE cov: C ft: F corp: K/... exec/s: E ..."
