@@ -124,9 +124,11 @@ fn state(fields: &mut Map<String, Value>) -> Result<Option<bool>, PatchError> {
     }
 }
 
-/// Client text in a message, cut short.
+/// Client text in a message, cut short and with control characters escaped:
+/// an error sentence stays one line whatever was sent (the `admin_json`
+/// fuzz target found a raw DEL byte of a field name echoed).
 fn shown(s: &str) -> String {
-    s.chars().take(64).collect()
+    s.chars().take(64).flat_map(char::escape_debug).collect()
 }
 
 #[cfg(test)]
@@ -175,6 +177,7 @@ mod tests {
             (r#"{"state": "down"}"#, "\"ready\" or \"drain\""),
             (r#"{"state": 1}"#, "\"ready\" or \"drain\""),
             (r#"{"wieght": 1}"#, "unknown field `wieght`"),
+            ("{\"a\u{7f}b\\nc\": 1}", "unknown field `a\\u{7f}b\\nc`"),
         ];
         for (body, fragment) in cases {
             let e = parse(body).expect_err(body);

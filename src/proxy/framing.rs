@@ -145,9 +145,35 @@ impl RequestFraming {
         self.state == State::Done
     }
 
+    /// Whether hyper takes this request for an upgrade — `CONNECT`, or an
+    /// `Upgrade` line on HTTP/1.1 (`role.rs`, as [`Self::end_head`] follows
+    /// it) — the head after which the guard stops for good. Unless the
+    /// protocol really switches, the answer to such a request must close the
+    /// connection: hyper goes on reading HTTP/1 requests that the guard no
+    /// longer sees (found by reading the `framing` fuzz target's reference:
+    /// `Upgrade: x` without `Connection: upgrade`, or a CONNECT answered
+    /// 404, let a later Content-Length + Transfer-Encoding request through).
+    pub fn stops_after(
+        method: &http::Method,
+        version: http::Version,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        if version > http::Version::HTTP_11 {
+            return false;
+        }
+        if headers.contains_key(http::header::UPGRADE) {
+            version == http::Version::HTTP_11
+        } else {
+            method == http::Method::CONNECT
+        }
+    }
+
     /// Whether every byte seen so far belongs to a complete message (or to
     /// the empty lines httparse skips between them): a reader that consumed
-    /// them all holds nothing of the next request. False once done.
+    /// them all holds nothing of the next request (the listener parks the
+    /// connection then). False once done. The differential fuzz target
+    /// (`fuzz/fuzz_targets/framing.rs`) checks message ends against httparse
+    /// and hyper's rules with it.
     pub fn at_message_boundary(&self) -> bool {
         self.state == State::Start
     }

@@ -169,8 +169,19 @@ impl ProxyService {
             .proxy
             .access_log
             .begin(&req, self.peer.addr, &request_id, started);
+        let guard_stops =
+            framing::RequestFraming::stops_after(req.method(), req.version(), req.headers());
+        let method_connect = req.method() == http::Method::CONNECT;
         let mut resp = self.answer(req, started, &mut log).await;
         resp.headers_mut().insert(request_id::HEADER, request_id);
+        // The framing guard stopped at this head; unless hyper now leaves
+        // HTTP/1 (101, or 2xx to CONNECT), no further request may follow.
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (method_connect && resp.status().is_success());
+        if guard_stops && !switched {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 

@@ -106,8 +106,9 @@ pub fn split_host_port(address: &str) -> Result<(&str, u16), AddressError> {
     }
 }
 
-/// An IP literal: `1.2.3.4` or `[::1]`.
-fn parse_ip(host: &str) -> Option<IpAddr> {
+/// An IP literal: `1.2.3.4` or `[::1]`. Public for the `address` fuzz target.
+#[doc(hidden)]
+pub fn parse_ip(host: &str) -> Option<IpAddr> {
     match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
         None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
@@ -115,7 +116,9 @@ fn parse_ip(host: &str) -> Option<IpAddr> {
 }
 
 /// A DNS name as RFC 1123 allows it (plus `_`, which some resolvers serve).
-fn is_host_name(host: &str) -> bool {
+/// Public for the `address` fuzz target.
+#[doc(hidden)]
+pub fn is_host_name(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host

@@ -17,8 +17,10 @@ pub enum RegistryError {
     Json(#[source] serde_json::Error),
     #[error("the body must be a JSON object like {{\"address\": \"127.0.0.1:9001\"}}")]
     NotAnObject,
-    #[error("unknown field `{0}`; the fields are address, weight, ttl and metadata")]
-    UnknownField(String),
+    /// The name as sent, quoted and cut: it is client text (found by the
+    /// `admin_json` fuzz target, which saw a raw DEL byte echoed).
+    #[error("unknown field {0}; the fields are address, weight, ttl and metadata")]
+    UnknownField(Shown),
     #[error("`address` is required, like {{\"address\": \"127.0.0.1:9001\"}}")]
     MissingAddress,
     #[error("`{field}` must be {expected}")]

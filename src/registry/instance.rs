@@ -108,7 +108,7 @@ impl Registration {
         };
         let known = ["address", "weight", "ttl", "metadata"];
         if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(RegistryError::UnknownField(unknown.clone()));
+            return Err(RegistryError::UnknownField(Shown::new(unknown)));
         }
         Ok(Registration {
             address: address_field(fields.remove("address"))?,
@@ -317,7 +317,7 @@ mod tests {
             }),
             (
                 r#"{"address": "h:1", "adress": "x"}"#,
-                |e| matches!(e, RegistryError::UnknownField(f) if f == "adress"),
+                |e| matches!(e, RegistryError::UnknownField(f) if *f == Shown::new("adress")),
             ),
         ];
         for (body, expected) in cases {
