@@ -375,7 +375,16 @@ impl State {
             services.push(Arc::new(service));
         }
         self.members.finish(&self.metrics);
-        self.service_metrics.retain(|k, _| by_name.contains_key(k));
+        let metrics = &self.metrics;
+        self.service_metrics.retain(|name, series| {
+            let kept = by_name.contains_key(name);
+            if !kept {
+                // Gone from the table: its request series go too, so
+                // services that come and go do not pile up series.
+                metrics.forget_service(series);
+            }
+            kept
+        });
         self.budgets.retain(|k, _| by_name.contains_key(k));
         self.cursors.retain(|k, _| by_name.contains_key(k));
         // TLS pools are per service: drop those of removed services.
@@ -404,7 +413,7 @@ impl State {
                 .get(name)
                 .is_some_and(|s| s.health_check.is_some())
         };
-        self.members.merge(&declared, &checked, &self.metrics);
+        self.members.merge(&declared, &checked);
     }
 
     fn build_service(&mut self, name: Arc<str>, settings: Arc<ServiceConfig>) -> Service {
