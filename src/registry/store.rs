@@ -406,7 +406,7 @@ impl StoredInstance {
             weight: self.weight as u32,
             ttl,
             expires_at,
-            metadata: Arc::new(self.metadata),
+            metadata: super::instance::shared_metadata(self.metadata),
             overrides: Overrides {
                 weight: weight_override,
                 drain: self.drain,
