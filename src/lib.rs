@@ -47,6 +47,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod health;
+pub mod huge_pages;
 pub mod listener;
 pub mod log_throttle;
 pub mod metrics;

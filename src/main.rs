@@ -171,6 +171,8 @@ fn serve(path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("config warning: {warning}");
     }
+    // Before the runtime's threads allocate: see src/huge_pages.rs.
+    switchyard::huge_pages::decline();
     let runtime = match build_runtime(config.proxy.workers) {
         Ok(rt) => rt,
         Err(e) => {
