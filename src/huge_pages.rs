@@ -6,8 +6,8 @@
 //! 10,000 registered instances grew RSS by 2.25 KiB each with THP and 0.96 KiB
 //! without, and the idle process from 22 MiB to 13 MiB (BENCHMARKS.md § Registry
 //! memory). A proxy's heap is small and churns; huge pages buy it little, and
-//! operators of Redis, MongoDB and others turn them off for the same bloat. So `serve`
-//! declines them (`prctl(PR_SET_THP_DISABLE)`, which covers every thread of the process),
+//! operators of Redis, MongoDB and others turn them off for the same bloat. So the binary
+//! declines them at start (`prctl(PR_SET_THP_DISABLE)`, which covers every thread of the process),
 //! unless `MIMALLOC_ALLOW_THP=1` asks for them (mimalloc's own switch; `=0` already
 //! declines them inside the allocator).
 

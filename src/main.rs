@@ -98,6 +98,8 @@ struct RegisterArgs {
 }
 
 fn main() -> ExitCode {
+    // Before anything allocates much: see src/huge_pages.rs.
+    switchyard::huge_pages::decline();
     // An empty SWITCHYARD_CONFIG (`SWITCHYARD_CONFIG= switchyard serve`)
     // means "not set", as for the shells' own variables; clap would call it
     // a missing value. Nothing else runs yet, so changing the environment is safe.
@@ -171,8 +173,6 @@ fn serve(path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("config warning: {warning}");
     }
-    // Before the runtime's threads allocate: see src/huge_pages.rs.
-    switchyard::huge_pages::decline();
     let runtime = match build_runtime(config.proxy.workers) {
         Ok(rt) => rt,
         Err(e) => {
