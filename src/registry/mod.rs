@@ -180,6 +180,7 @@ impl Registry {
         let Loaded {
             instances: loaded,
             version,
+            compact,
         } = loaded;
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut inner = self.lock();
@@ -215,7 +216,12 @@ impl Registry {
         self.version.store(version, Ordering::Release);
         drop(inner);
         if let Ok(mut saved) = self.saved.try_lock() {
-            *saved = version;
+            // With journal files to compact, nothing saved yet covers them:
+            // the writer saves once the writes pause (or at shutdown).
+            *saved = if compact { 0 } else { version };
+        }
+        if compact {
+            self.dirty.notify_one();
         }
         if expired + refused + kept > 0 {
             tracing::info!(kept, expired, refused, "registry store loaded");
