@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use prometheus::IntCounter;
 use switchyard::backend::{Backend, BackendCounters, Source};
 use switchyard::balance::sticky::StickyIndex;
 use switchyard::balance::{BalancePolicy, Balancer, Build, PickContext};
@@ -38,7 +37,6 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn backends(n: usize) -> Vec<Arc<Backend>> {
-    let counter = || IntCounter::new("b", "b").expect("static metric");
     (0..n)
         .map(|i| {
             let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080));
@@ -50,12 +48,7 @@ fn backends(n: usize) -> Vec<Arc<Backend>> {
                 addr,
                 1 + (i % 3) as u32,
                 Source::Config,
-                BackendCounters {
-                    ok: counter(),
-                    error: counter(),
-                    timeout: counter(),
-                    ejections: counter(),
-                },
+                BackendCounters::default(),
             );
             b.record_latency(Duration::from_micros(500 + (i as u64 % 7) * 100), false);
             Arc::new(b)

@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use prometheus::IntCounter;
 
 /// Who declared a backend (ordered: a service lists configured backends
 /// before registered ones).
@@ -57,15 +56,34 @@ impl Health {
     }
 }
 
-/// Per-backend counters resolved once, when the backend is created, so the
-/// request path never looks up a label.
-#[derive(Debug, Clone)]
+/// Per-backend counters: plain atomics in the backend, which
+/// `/metrics` reads at scrape time (`metrics::backends`), so a backend has
+/// no metric series of its own to allocate, look up or forget: the labels
+/// are its `service` and `address`, shared with the backend.
+#[derive(Debug, Default)]
 pub struct BackendCounters {
-    pub ok: IntCounter,
-    pub error: IntCounter,
-    pub timeout: IntCounter,
+    /// `switchyard_backend_requests_total{outcome="ok"}`.
+    pub ok: Count,
+    /// `...{outcome="error"}`.
+    pub error: Count,
+    /// `...{outcome="timeout"}`.
+    pub timeout: Count,
     /// `switchyard_outlier_ejections_total`.
-    pub ejections: IntCounter,
+    pub ejections: Count,
+}
+
+/// A monotonic counter the request path bumps without a lock.
+#[derive(Debug, Default)]
+pub struct Count(AtomicU64);
+
+impl Count {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// One upstream instance.
@@ -506,12 +524,11 @@ impl Drop for ActiveGuard {
 pub(crate) mod testing {
     use super::*;
 
-    /// A backend for unit tests, with detached counters.
+    /// A backend for unit tests.
     pub fn backend(address: &str, weight: u32) -> Arc<Backend> {
         let resolved: SocketAddr = address
             .parse()
             .unwrap_or_else(|_| ([127, 0, 0, 1], 1).into());
-        let counter = || IntCounter::new("t", "t").expect("static metric");
         Arc::new(Backend::new(
             Arc::from("svc"),
             Arc::from(address),
@@ -519,12 +536,7 @@ pub(crate) mod testing {
             resolved,
             weight,
             Source::Config,
-            BackendCounters {
-                ok: counter(),
-                error: counter(),
-                timeout: counter(),
-                ejections: counter(),
-            },
+            BackendCounters::default(),
         ))
     }
 }

@@ -52,6 +52,7 @@ pub mod budget;
 pub mod config;
 pub mod control;
 pub mod health;
+pub mod huge_pages;
 pub mod listener;
 pub mod log_throttle;
 pub mod metrics;

@@ -98,6 +98,8 @@ struct RegisterArgs {
 }
 
 fn main() -> ExitCode {
+    // Before anything allocates much: see src/huge_pages.rs.
+    switchyard::huge_pages::decline();
     // An empty SWITCHYARD_CONFIG (`SWITCHYARD_CONFIG= switchyard serve`)
     // means "not set", as for the shells' own variables; clap would call it
     // a missing value. Nothing else runs yet, so changing the environment is safe.

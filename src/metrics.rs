@@ -1,11 +1,12 @@
 //! Prometheus metrics: one owned registry per App (no global registry, so tests
 //! can run several Apps in one process) and typed handles.
 //!
-//! The request path only touches pre-resolved handles: a backend's counters are
-//! resolved when it enters the table, a service's when the service first
-//! appears, and per-status-code counters are resolved lazily once per code.
-//! Gauges that mirror live atomics (`backend_active_requests`, `backend_up`)
-//! are refreshed at scrape time instead of on every request.
+//! The request path only touches pre-resolved handles: a service's series
+//! are resolved once, with its first request, and per-status-code counters
+//! lazily once per code. Backends own no series at all: their counters are
+//! atomics in the [`Backend`], and [`backends`] writes their families at
+//! scrape time from the table's live backends (memory per registered
+//! instance, issue 13).
 
 use std::sync::{Arc, OnceLock};
 
@@ -14,10 +15,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::backend::{Backend, BackendCounters, Health};
+use crate::backend::Backend;
 
-/// The values of `switchyard_backend_state`'s `state` label; exactly one is 1.
-const BACKEND_STATES: [&str; 5] = ["ready", "unknown", "unhealthy", "ejected", "draining"];
+mod backends;
 
 /// Buckets for request durations: 1 ms to 30 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -30,12 +30,8 @@ pub struct Metrics {
     registry: Registry,
     requests_total: IntCounterVec,
     request_duration: HistogramVec,
-    backend_requests: IntCounterVec,
-    backend_up: IntGaugeVec,
-    backend_active: IntGaugeVec,
     pub health_checks: IntCounterVec,
     retries: IntCounterVec,
-    ejections: IntCounterVec,
     pub registry_instances: IntGaugeVec,
     connections_open: IntGaugeVec,
     connections_parked: IntGaugeVec,
@@ -44,7 +40,6 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     registry_store_up: IntGauge,
     tls_reloads: IntCounterVec,
-    backend_state: IntGaugeVec,
     unrouted: IntCounterVec,
     access_log_dropped: IntCounter,
     last_reload_successful: IntGauge,
@@ -97,26 +92,44 @@ pub struct ListenerMetrics {
 }
 
 /// A service's handles, shared by every table that holds the service.
+///
+/// Its series appear with its first request (Prometheus's "on first use"):
+/// a service created by a registration that never serves costs the
+/// registry no histogram (~1.2 KiB with its labels), only this struct.
 #[derive(Debug)]
 pub struct ServiceMetrics {
-    service: String,
+    service: Arc<str>,
     requests_total: IntCounterVec,
-    /// Index = status code − 100, resolved on first use; the table itself
-    /// (8 KiB) too, so a service that never answers costs nothing here.
-    by_code: OnceLock<Box<[OnceLock<IntCounter>]>>,
-    pub duration: Histogram,
-    pub retries: IntCounter,
+    request_duration: HistogramVec,
+    retries_total: IntCounterVec,
+    series: OnceLock<ServiceSeries>,
+}
+
+/// The series of a service that has served.
+#[derive(Debug)]
+struct ServiceSeries {
+    duration: Histogram,
+    retries: IntCounter,
+    /// Index = status code − 100, each resolved on first use.
+    by_code: Box<[OnceLock<IntCounter>]>,
 }
 
 impl ServiceMetrics {
+    fn series(&self) -> &ServiceSeries {
+        self.series.get_or_init(|| ServiceSeries {
+            duration: self.request_duration.with_label_values(&[&self.service]),
+            retries: self.retries_total.with_label_values(&[&self.service]),
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
     /// Count one answered request with this status code.
     pub fn count_response(&self, status: u16) {
-        let Some(slot) = status.checked_sub(100).and_then(|i| {
-            let table = self
-                .by_code
-                .get_or_init(|| (100..600).map(|_| OnceLock::new()).collect());
-            table.get(usize::from(i))
-        }) else {
+        let series = self.series();
+        let Some(slot) = status
+            .checked_sub(100)
+            .and_then(|i| series.by_code.get(usize::from(i)))
+        else {
             return;
         };
         slot.get_or_init(|| {
@@ -126,6 +139,16 @@ impl ServiceMetrics {
                 .with_label_values(&[&self.service, code])
         })
         .inc();
+    }
+
+    /// Record one request's duration, from its arrival to its response's end.
+    pub fn observe_duration(&self, seconds: f64) {
+        self.series().duration.observe(seconds);
+    }
+
+    /// Count one retried attempt.
+    pub fn count_retry(&self) {
+        self.series().retries.inc();
     }
 }
 
@@ -157,30 +180,10 @@ impl Metrics {
                 &["service"],
             )
             .expect("static metric definition"),
-            backend_requests: counter_vec(
-                "switchyard_backend_requests_total",
-                "Attempts sent to a backend, by outcome.",
-                &["service", "backend", "outcome"],
-            ),
-            backend_up: gauge_vec(
-                "switchyard_backend_up",
-                "1 when the backend may receive traffic.",
-                &["service", "backend"],
-            ),
-            backend_active: gauge_vec(
-                "switchyard_backend_active_requests",
-                "Requests in flight to the backend.",
-                &["service", "backend"],
-            ),
             health_checks: counter_vec(
                 "switchyard_health_checks_total",
                 "Active health checks, by result.",
                 &["service", "backend", "result"],
-            ),
-            ejections: counter_vec(
-                "switchyard_outlier_ejections_total",
-                "Ejections of a backend by outlier detection (passive health).",
-                &["service", "backend"],
             ),
             retries: counter_vec(
                 "switchyard_retries_total",
@@ -226,12 +229,6 @@ impl Metrics {
                 "switchyard_tls_reloads_total",
                 "Reloads of a TLS listener's certificates (config reload or file change), by result.",
                 &["result"],
-            ),
-            backend_state: gauge_vec(
-                "switchyard_backend_state",
-                "1 for the backend's current state (ready, unknown, unhealthy, ejected, \
-                 draining; the first that applies from the right), 0 for the others.",
-                &["service", "backend", "state"],
             ),
             unrouted: counter_vec(
                 "switchyard_unrouted_requests_total",
@@ -300,12 +297,8 @@ impl Metrics {
         let list: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.requests_total.clone()),
             Box::new(self.request_duration.clone()),
-            Box::new(self.backend_requests.clone()),
-            Box::new(self.backend_up.clone()),
-            Box::new(self.backend_active.clone()),
             Box::new(self.health_checks.clone()),
             Box::new(self.retries.clone()),
-            Box::new(self.ejections.clone()),
             Box::new(self.registry_instances.clone()),
             Box::new(self.connections_open.clone()),
             Box::new(self.connections_parked.clone()),
@@ -314,7 +307,6 @@ impl Metrics {
             Box::new(self.config_reloads.clone()),
             Box::new(self.registry_store_up.clone()),
             Box::new(self.tls_reloads.clone()),
-            Box::new(self.backend_state.clone()),
             Box::new(self.unrouted.clone()),
             Box::new(self.access_log_dropped.clone()),
             Box::new(self.last_reload_successful.clone()),
@@ -323,49 +315,43 @@ impl Metrics {
         list.into_iter()
     }
 
-    pub fn service(&self, service: &str) -> Arc<ServiceMetrics> {
+    /// A service's handles; its series appear with its first request.
+    pub fn service(&self, service: &Arc<str>) -> Arc<ServiceMetrics> {
         Arc::new(ServiceMetrics {
-            service: service.to_owned(),
+            service: Arc::clone(service),
             requests_total: self.requests_total.clone(),
-            by_code: OnceLock::new(),
-            duration: self.request_duration.with_label_values(&[service]),
-            retries: self.retries.with_label_values(&[service]),
+            request_duration: self.request_duration.clone(),
+            retries_total: self.retries.clone(),
+            series: OnceLock::new(),
         })
     }
 
-    pub fn backend_counters(&self, service: &str, backend: &str) -> BackendCounters {
-        let outcome = |o: &str| {
-            self.backend_requests
-                .with_label_values(&[service, backend, o])
-        };
-        BackendCounters {
-            ok: outcome("ok"),
-            error: outcome("error"),
-            timeout: outcome("timeout"),
-            ejections: self.ejections.with_label_values(&[service, backend]),
-        }
-    }
-
-    /// Drop the series of a backend that left the table for good.
+    /// Drop the series of a backend that left the table for good: its
+    /// health-check counters (the other backend families are written from
+    /// the table's backends at each scrape, so they go with the backend).
     pub fn forget_backend(&self, service: &str, backend: &str) {
-        for outcome in ["ok", "error", "timeout"] {
-            let _ = self
-                .backend_requests
-                .remove_label_values(&[service, backend, outcome]);
-        }
         for result in ["success", "failure"] {
             let _ = self
                 .health_checks
                 .remove_label_values(&[service, backend, result]);
         }
-        let _ = self.backend_up.remove_label_values(&[service, backend]);
-        for state in BACKEND_STATES {
-            let _ = self
-                .backend_state
-                .remove_label_values(&[service, backend, state]);
+    }
+
+    /// Drop a service's request series once it has left the table.
+    pub fn forget_service(&self, service: &ServiceMetrics) {
+        let Some(series) = service.series.get() else {
+            return;
+        };
+        let name: &str = &service.service;
+        let _ = self.request_duration.remove_label_values(&[name]);
+        let _ = self.retries.remove_label_values(&[name]);
+        for (slot, status) in series.by_code.iter().zip(100u16..) {
+            if slot.get().is_some() {
+                let digits = status_digits(status);
+                let code = std::str::from_utf8(&digits).unwrap_or("000");
+                let _ = self.requests_total.remove_label_values(&[name, code]);
+            }
         }
-        let _ = self.backend_active.remove_label_values(&[service, backend]);
-        let _ = self.ejections.remove_label_values(&[service, backend]);
     }
 
     /// Set `switchyard_registry_instances` to these per-service counts of
@@ -431,45 +417,17 @@ impl Metrics {
         self.tls_reloads.with_label_values(&[result]).inc();
     }
 
-    /// Render the text exposition, first copying live backend state into gauges.
+    /// Render the text exposition: the registry's families, then the
+    /// backend families from `backends`' live state.
     pub fn render<'a>(&self, backends: impl Iterator<Item = &'a Arc<Backend>>) -> String {
-        for b in backends {
-            let labels = [&*b.service, &*b.address];
-            self.backend_active
-                .with_label_values(&labels)
-                .set(i64::from(b.active_requests()));
-            self.backend_up
-                .with_label_values(&labels)
-                .set(i64::from(b.is_ready()));
-            let current = backend_state(b);
-            for state in BACKEND_STATES {
-                self.backend_state
-                    .with_label_values(&[&*b.service, &*b.address, state])
-                    .set(i64::from(state == current));
-            }
-        }
         let mut out = Vec::with_capacity(8192);
         let families = self.registry.gather();
         if TextEncoder::new().encode(&families, &mut out).is_err() {
             return String::new();
         }
-        String::from_utf8(out).unwrap_or_default()
-    }
-}
-
-/// The one state a backend is reported in: draining (taking no new
-/// requests) over ejected over its health; "ready" only when it may be picked.
-fn backend_state(b: &Backend) -> &'static str {
-    if !b.takes_new_requests() {
-        "draining"
-    } else if b.is_ejected() {
-        "ejected"
-    } else {
-        match b.health() {
-            Health::Healthy => "ready",
-            Health::Unknown => "unknown",
-            Health::Unhealthy => "unhealthy",
-        }
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        backends::render(backends, &mut text);
+        text
     }
 }
 
@@ -500,7 +458,7 @@ mod tests {
     #[test]
     fn status_codes_become_labels() {
         let m = Metrics::new();
-        let s = m.service("users");
+        let s = m.service(&Arc::from("users"));
         s.count_response(200);
         s.count_response(200);
         s.count_response(503);

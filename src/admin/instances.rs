@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use super::api::instance_json;
 use super::{error, json, AdminResponse, AdminState};
 use crate::overrides::Patch;
-use crate::registry::{Instance, Limits, Registration, RegistryError};
+use crate::registry::{Limits, Registration, RegistryError};
 
 /// Largest request body the admin API reads (SPEC §3).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -50,13 +50,6 @@ pub async fn register(
     {
         Ok(instance) => {
             tracing::debug!(%service, %id, address = %instance.address, "instance registered");
-            // Create the backend's metric series now, in this request: the
-            // table rebuild that adds the backend then only looks them up
-            // (~0.3 µs instead of ~5 µs each), so a burst of registrations
-            // does not turn into long rebuilds on the proxy's threads.
-            state
-                .metrics
-                .backend_counters(&instance.service, &instance.address);
             json(StatusCode::OK, &instance.to_json())
         }
         Err(e) => refused(&e),
@@ -77,7 +70,6 @@ pub async fn deregister(state: &AdminState, service: &str, id: &str) -> AdminRes
     match state.registry.deregister(service, id).await {
         Ok(instance) => {
             tracing::debug!(%service, %id, address = %instance.address, "instance deregistered");
-            forget_unpublished(state, &instance);
             let mut resp = AdminResponse::new(Default::default());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             resp
@@ -125,21 +117,6 @@ pub async fn patch(
             &format!("service `{service}` has no configured backend or registered instance `{id}`"),
         ),
         Err(e) => refused(&e),
-    }
-}
-
-/// Drop the metric series `register` created for an instance that never
-/// made it into the table (deregistered within the same rebuild cycle) and
-/// whose labels no other backend uses; the table forgets the others itself.
-fn forget_unpublished(state: &AdminState, instance: &Instance) {
-    let table = state.publisher.table().load_full();
-    let in_use = table
-        .service(&instance.service)
-        .is_some_and(|s| s.backends.iter().any(|b| b.address == instance.address));
-    if !in_use {
-        state
-            .metrics
-            .forget_backend(&instance.service, &instance.address);
     }
 }
 

@@ -360,8 +360,7 @@ pub struct RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.metrics
-            .duration
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe_duration(self.started.elapsed().as_secs_f64());
     }
 }
 

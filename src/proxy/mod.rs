@@ -247,8 +247,7 @@ impl ProxyService {
                 service.metrics.count_response(status.as_u16());
                 service
                     .metrics
-                    .duration
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe_duration(started.elapsed().as_secs_f64());
                 tracing::debug!(service = %service.name, error = %err, "answered locally");
                 if let Some(line) = log {
                     fwd.report(line);
@@ -600,7 +599,7 @@ async fn send_with_retries(
             return outcome.map(|(resp, conn)| (resp, conn, guard));
         }
         retries += 1;
-        service.metrics.retries.inc();
+        service.metrics.count_retry();
         tracing::debug!(service = %service.name, backend = %backend.address, "retrying");
     }
 }

@@ -16,6 +16,8 @@ use super::{Key, Limits, Snapshot};
 pub(super) struct Inner {
     /// Sorted, so snapshots and listings come out in a stable order.
     pub(super) services: BTreeMap<Arc<str>, BTreeMap<Arc<str>, Entry>>,
+    /// Registered instances in all services (what `max_instances` caps).
+    pub(super) instances: usize,
     pub(super) leases: Leases<Key>,
     /// Bumped by every change, heartbeats included.
     pub(super) version: u64,
@@ -62,6 +64,14 @@ impl Inner {
         self.services.get(service)?.get(id)
     }
 
+    /// The registry's own copy of `service`'s name when it has instances
+    /// (so every instance of a service shares one string), else a new one.
+    pub(super) fn service_name(&self, service: &str) -> Arc<str> {
+        self.services
+            .get_key_value(service)
+            .map_or_else(|| Arc::from(service), |(name, _)| Arc::clone(name))
+    }
+
     /// Refuse a registration that would create a service or pass the limit.
     pub(super) fn admit(
         &self,
@@ -92,7 +102,7 @@ impl Inner {
             });
         }
         let max = limits.config.max_instances;
-        if self.services.values().map(BTreeMap::len).sum::<usize>() >= max {
+        if self.instances >= max {
             return Err(RegistryError::RegistryFull { max });
         }
         Ok(())
@@ -117,6 +127,7 @@ impl Inner {
             etcd_lease: origin.etcd_lease,
         };
         self.services.entry(key.0).or_default().insert(key.1, entry);
+        self.instances += 1;
         match changed {
             true => Change::Joined,
             false => Change::Lease,
@@ -155,6 +166,7 @@ impl Inner {
     pub(super) fn detach(&mut self, service: &str, id: &str) -> Option<Entry> {
         let instances = self.services.get_mut(service)?;
         let entry = instances.remove(id)?;
+        self.instances -= 1;
         if instances.is_empty() {
             self.services.remove(service);
         }

@@ -74,6 +74,18 @@ impl Instance {
     }
 }
 
+/// `metadata` behind an `Arc`; the empty object (most registrations) is one
+/// shared allocation rather than one per instance.
+pub fn shared_metadata(metadata: Map<String, Value>) -> Arc<Map<String, Value>> {
+    static EMPTY: std::sync::LazyLock<Arc<Map<String, Value>>> =
+        std::sync::LazyLock::new(|| Arc::new(Map::new()));
+    if metadata.is_empty() {
+        Arc::clone(&EMPTY)
+    } else {
+        Arc::new(metadata)
+    }
+}
+
 /// RFC 3339 in UTC with milliseconds, as the admin API and the file store write it.
 pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

@@ -78,8 +78,9 @@ struct Pending {
 
 enum Msg {
     Append(Pending),
-    /// A snapshot holding everything up to this version is durable.
-    Covered(u64),
+    /// A snapshot holding everything up to this version is durable; the
+    /// sender hears once the files it covers are deleted.
+    Covered(u64, mpsc::Sender<()>),
 }
 
 /// The writer thread's handle.
@@ -127,7 +128,12 @@ impl Journal {
     /// A snapshot with everything up to `version` is durable: logs that
     /// hold nothing newer can go.
     pub fn covered(&self, version: u64) {
-        let _ = self.tx.send(Msg::Covered(version));
+        // Waits for the deletions (the caller is a blocking save), so that
+        // a save at shutdown leaves no covered file behind.
+        let (done, deleted) = mpsc::channel();
+        if self.tx.send(Msg::Covered(version, done)).is_ok() {
+            let _ = deleted.recv();
+        }
     }
 }
 
@@ -169,7 +175,10 @@ impl Writer {
             for msg in std::iter::once(first).chain(rx.try_iter()) {
                 match msg {
                     Msg::Append(pending) => batch.push(pending),
-                    Msg::Covered(version) => self.forget_covered(version),
+                    Msg::Covered(version, done) => {
+                        self.forget_covered(version);
+                        let _ = done.send(());
+                    }
                 }
             }
             if !batch.is_empty() {
@@ -251,6 +260,11 @@ fn folder(snapshot: &Path) -> PathBuf {
 
 fn sync_folder(snapshot: &Path) -> io::Result<()> {
     File::open(folder(snapshot))?.sync_all()
+}
+
+/// Whether any log file lies beside `snapshot`.
+pub fn any_log(snapshot: &Path) -> bool {
+    log_files(snapshot).is_ok_and(|files| !files.is_empty())
 }
 
 /// The log files beside `snapshot`, by generation.

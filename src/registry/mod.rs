@@ -180,6 +180,7 @@ impl Registry {
         let Loaded {
             instances: loaded,
             version,
+            compact,
         } = loaded;
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut inner = self.lock();
@@ -200,6 +201,10 @@ impl Registry {
                 refused += 1;
                 continue;
             }
+            let instance = Instance {
+                service: inner.service_name(&instance.service),
+                ..instance
+            };
             inner.upsert(Arc::new(instance), deadline, Origin::default());
             kept += 1;
         }
@@ -211,7 +216,12 @@ impl Registry {
         self.version.store(version, Ordering::Release);
         drop(inner);
         if let Ok(mut saved) = self.saved.try_lock() {
-            *saved = version;
+            // With journal files to compact, nothing saved yet covers them:
+            // the writer saves once the writes pause (or at shutdown).
+            *saved = if compact { 0 } else { version };
+        }
+        if compact {
+            self.dirty.notify_one();
         }
         if expired + refused + kept > 0 {
             tracing::info!(kept, expired, refused, "registry store loaded");
@@ -250,21 +260,21 @@ impl Registry {
         let ttl = registration.ttl.unwrap_or(limits.config.default_ttl);
         let (now, wall) = (Instant::now(), SystemTime::now());
         let lease = lease::start(ttl, now, wall);
-        // An operator's PATCH outlives the instance's own re-registrations.
-        let overrides = self
-            .lock()
-            .get(service, id)
-            .map(|e| e.instance.overrides)
-            .unwrap_or_default();
+        let (overrides, service_name) = {
+            let inner = self.lock();
+            // An operator's PATCH outlives the instance's own re-registrations.
+            let overrides = inner.get(service, id).map(|e| e.instance.overrides);
+            (overrides.unwrap_or_default(), inner.service_name(service))
+        };
         let instance = Arc::new(Instance {
-            service: Arc::from(service),
+            service: service_name,
             id: Arc::from(id),
             address: Arc::from(registration.address.as_str()),
             resolved,
             weight: registration.weight,
             ttl,
             expires_at: lease.map(|(_, wall)| wall),
-            metadata: Arc::new(registration.metadata),
+            metadata: instance::shared_metadata(registration.metadata),
             overrides,
         });
         let deadline = lease.map(|(at, _)| at);

@@ -56,6 +56,10 @@ pub struct Loaded {
     pub instances: Vec<Instance>,
     /// The registry version of the newest write in it (0: none).
     pub version: u64,
+    /// Journal files were found: a snapshot should cover them soon, so
+    /// they can go even if no write comes (they would pile up across
+    /// restarts otherwise).
+    pub compact: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +159,7 @@ impl RegistryStore for MemoryStore {
         Ok(Loaded {
             instances: self.saved().iter().map(|i| Instance::clone(i)).collect(),
             version: 0,
+            compact: false,
         })
     }
 
@@ -259,6 +264,7 @@ impl FileStore {
         Ok(Loaded {
             instances: by_key.into_values().collect(),
             version: replay.version,
+            compact: false,
         })
     }
 }
@@ -266,7 +272,9 @@ impl FileStore {
 impl RegistryStore for FileStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let (instances, version) = self.load_snapshot()?;
-        let loaded = self.replay(instances, version)?;
+        let compact = journal::any_log(&self.path);
+        let mut loaded = self.replay(instances, version)?;
+        loaded.compact = compact;
         let journal =
             Journal::start(&self.path, loaded.version).map_err(|e| self.write_error(e))?;
         let _ = self.journal.set(journal);
@@ -406,7 +414,7 @@ impl StoredInstance {
             weight: self.weight as u32,
             ttl,
             expires_at,
-            metadata: Arc::new(self.metadata),
+            metadata: super::instance::shared_metadata(self.metadata),
             overrides: Overrides {
                 weight: weight_override,
                 drain: self.drain,

@@ -446,3 +446,28 @@ async fn a_patch_is_stored_with_the_registration_and_outlives_a_re_registration(
     let unknown = r.patch("users", "zz", patch).await;
     assert!(matches!(unknown, Err(RegistryError::NotFound { .. })));
 }
+
+#[tokio::test]
+async fn instances_of_a_service_share_its_name_and_the_empty_metadata() {
+    let c = config();
+    let r = Registry::in_memory(vec![]);
+    let a = register(&r, &c, "users", "a", None).await.expect("a");
+    let b = register(&r, &c, "users", "b", None).await.expect("b");
+    assert!(Arc::ptr_eq(&a.service, &b.service));
+    assert!(Arc::ptr_eq(&a.metadata, &b.metadata));
+    let mut metadata = Map::new();
+    metadata.insert("zone".into(), "eu-1".into());
+    let with = Registration {
+        metadata,
+        ..registration("127.0.0.1:9002", None)
+    };
+    let c3 = r.register(limits(&c), "users", "c", with).await.expect("c");
+    assert_eq!(
+        c3.metadata.get("zone").and_then(|v| v.as_str()),
+        Some("eu-1")
+    );
+    assert!(b.metadata.is_empty(), "the shared empty object stays empty");
+    // The count `max_instances` checks follows registrations and departures.
+    r.deregister("users", "a").await.expect("deregister");
+    assert_eq!(r.lock().instances, 2);
+}

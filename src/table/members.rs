@@ -12,7 +12,7 @@
 //!   a draining backend declared again at its old address comes back instead;
 //! - gone: a registered instance is drained while requests are in flight on
 //!   it (listed, never picked), forgotten once none are; a configured backend
-//!   a reload removed is forgotten at once (see `retire`). Their metric
+//!   a reload removed is forgotten at once (see `retire`). Their health-check
 //!   series go too, unless another backend reports under the same labels.
 //!
 //! The key carries the source, so a configured backend and a registered
@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
-use crate::backend::{Backend, Health, Source};
+use crate::backend::{Backend, BackendCounters, Health, Source};
 use crate::metrics::Metrics;
 use crate::source::Declared;
 
@@ -46,17 +46,12 @@ impl Members {
     /// Merge `declared` (sorted by service, source, id) into the live
     /// backends, and end finished drains. `checked(service)`: whether the
     /// service has active health checks.
-    pub fn merge(
-        &mut self,
-        declared: &[Declared],
-        checked: &dyn Fn(&str) -> bool,
-        metrics: &Metrics,
-    ) {
+    pub fn merge(&mut self, declared: &[Declared], checked: &dyn Fn(&str) -> bool) {
         let mut previous = std::mem::take(&mut self.live);
         for group in declared.chunk_by(|a, b| a.service == b.service) {
             let service = &group[0].service;
             let old = previous.remove(service).unwrap_or_default();
-            let merged = self.merge_service(group, old, checked(service), metrics);
+            let merged = self.merge_service(group, old, checked(service));
             self.live.insert(Arc::clone(service), merged);
         }
         for backend in previous.into_values().flatten() {
@@ -76,7 +71,6 @@ impl Members {
         declared: &[Declared],
         old: Vec<Arc<Backend>>,
         checked: bool,
-        metrics: &Metrics,
     ) -> Vec<Arc<Backend>> {
         let mut merged = Vec::with_capacity(declared.len());
         let mut old = old.into_iter().peekable();
@@ -100,7 +94,7 @@ impl Members {
                     }
                     let load = Arc::clone(self.loads.entry(Arc::clone(&d.service)).or_default());
                     self.revive(d).unwrap_or_else(|| {
-                        let backend = new_backend(d, checked, metrics, load);
+                        let backend = new_backend(d, checked, load);
                         if !self.seeded {
                             backend.skip_ramp();
                         }
@@ -186,8 +180,10 @@ impl Members {
         live.get(at)
     }
 
-    /// End a rebuild: drop the metric series of backends that left, unless
-    /// a backend still listed reports under the same labels.
+    /// End a rebuild: drop the metric series of backends that left (their
+    /// health-check counters; the rest are read from live backends at
+    /// scrape time), unless a backend still listed reports under the same
+    /// labels.
     pub fn finish(&mut self, metrics: &Metrics) {
         if self.gone.is_empty() {
             return;
@@ -231,12 +227,7 @@ fn key(backend: &Backend) -> (Source, &str) {
 
 /// A new backend for `d`. With active checks it starts `Unknown` and takes no
 /// traffic until a check passes (SPEC §2).
-fn new_backend(
-    d: &Declared,
-    checked: bool,
-    metrics: &Metrics,
-    load: Arc<AtomicU32>,
-) -> Arc<Backend> {
+fn new_backend(d: &Declared, checked: bool, load: Arc<AtomicU32>) -> Arc<Backend> {
     let backend = Backend::new(
         Arc::clone(&d.service),
         Arc::clone(&d.id),
@@ -244,7 +235,7 @@ fn new_backend(
         d.resolved,
         d.weight,
         d.source,
-        metrics.backend_counters(&d.service, &d.address),
+        BackendCounters::default(),
     )
     .sharing_service_load(load);
     if checked {
