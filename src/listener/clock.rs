@@ -105,6 +105,11 @@ impl ConnClock {
         self.any_byte.load(Ordering::Relaxed)
     }
 
+    /// When the last response ended (or the connection opened), ms after accept.
+    pub fn idle_since_ms(&self) -> u64 {
+        self.idle_since.load(Ordering::Relaxed)
+    }
+
     /// Requests whose response has not ended.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
