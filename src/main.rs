@@ -180,6 +180,7 @@ fn serve(path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    runtime.spawn(return_freed_memory_when_idle());
     runtime.block_on(run(config))
 }
 
@@ -258,14 +259,15 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// How often an idle worker may hand freed memory back to the OS.
+/// How often a worker may hand freed memory back to the OS.
 const RETURN_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// mimalloc returns freed pages to the OS only from its own calls on the
-/// thread that owns them, after a delay: once a burst of connections has
-/// closed and the worker is idle, no call comes and RSS would stay at its
-/// peak for good. So a worker about to wait for work lets its heap purge,
-/// at most once a second (one clock read per park otherwise).
+/// thread that owns them: once a burst of connections has closed, or idle
+/// connections have been parked and their buffers freed, an idle worker
+/// makes no call and RSS would stay at its peak for good. So a worker about
+/// to wait for work lets its heap purge, at most once a second (one clock
+/// read per park otherwise).
 fn return_freed_memory() {
     use std::cell::Cell;
     use std::time::Instant;
@@ -281,6 +283,18 @@ fn return_freed_memory() {
         // SAFETY: mi_collect only walks and trims this thread's own heap; it
         // has no preconditions and is safe to call at any time.
         unsafe { libmimalloc_sys::mi_collect(true) };
+    }
+}
+
+/// The rate limit above would leave memory freed in the last second before
+/// a worker goes quiet unreturned (nothing wakes it again): a tick every
+/// second wakes a worker, which purges when it parks after it.
+async fn return_freed_memory_when_idle() {
+    let mut tick =
+        tokio::time::interval(RETURN_MEMORY_EVERY + std::time::Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 
