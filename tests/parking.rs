@@ -51,6 +51,15 @@ async fn answered(conn: &mut RawConn, what: &str) -> String {
     resp.text()
 }
 
+/// A connection that has served one request and is now parked.
+async fn parked_connection(app: &TestApp) -> RawConn {
+    let mut conn = RawConn::connect(app.proxy).await;
+    conn.send(get(app.proxy, "/warm").as_bytes()).await.unwrap();
+    answered(&mut conn, "warm-up").await;
+    wait_parked(app, 1, "the idle connection parked").await;
+    conn
+}
+
 /// Twenty clients, one request each, then idle: all parked. Each is then
 /// served again on the same connection, and parked again after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,10 +108,7 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
 async fn pipelined_requests_after_a_park_are_answered_in_order() {
     let backend = FakeBackend::start("svc").await;
     let app = app(&backend).await;
-    let mut conn = RawConn::connect(app.proxy).await;
-    conn.send(get(app.proxy, "/warm").as_bytes()).await.unwrap();
-    answered(&mut conn, "warm-up").await;
-    wait_parked(&app, 1, "the idle connection parked").await;
+    let mut conn = parked_connection(&app).await;
 
     let burst: String = (0..3)
         .map(|i| get(app.proxy, &format!("/p{i}?echo=1")))
@@ -127,10 +133,7 @@ async fn pipelined_requests_after_a_park_are_answered_in_order() {
 async fn a_body_split_across_writes_arrives_whole() {
     let backend = FakeBackend::start("svc").await;
     let app = app(&backend).await;
-    let mut conn = RawConn::connect(app.proxy).await;
-    conn.send(get(app.proxy, "/warm").as_bytes()).await.unwrap();
-    answered(&mut conn, "warm-up").await;
-    wait_parked(&app, 1, "the idle connection parked").await;
+    let mut conn = parked_connection(&app).await;
 
     let head = format!(
         "POST /upload?count=1 HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\nhello",
@@ -180,10 +183,7 @@ async fn a_silent_new_connection_starts_parked() {
 async fn a_head_dribbled_into_a_parked_connection_is_answered() {
     let backend = FakeBackend::start("svc").await;
     let app = app(&backend).await;
-    let mut conn = RawConn::connect(app.proxy).await;
-    conn.send(get(app.proxy, "/warm").as_bytes()).await.unwrap();
-    answered(&mut conn, "warm-up").await;
-    wait_parked(&app, 1, "the idle connection parked").await;
+    let mut conn = parked_connection(&app).await;
 
     let head = get(app.proxy, "/dribbled?echo=1");
     for piece in head.as_bytes().chunks(7) {
