@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwapOption;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -36,7 +37,9 @@ pub struct Endpoint<B> {
     /// Every connection not yet closed, for the reaper (HTTP/2 ones too).
     pub(super) conns: Mutex<Vec<Arc<ConnState>>>,
     /// The shared HTTP/2 connection, once one is up.
-    h2: Mutex<Option<(http2::SendRequest<B>, Arc<ConnState>)>>,
+    /// Read on every HTTP/2 request, so lock-free; written on a dial and by
+    /// the reaper.
+    h2: ArcSwapOption<(http2::SendRequest<B>, Arc<ConnState>)>,
     /// One HTTP/2 dial at a time: concurrent first requests wait for it
     /// rather than each opening a connection.
     h2_dial: tokio::sync::Mutex<()>,
@@ -67,7 +70,7 @@ where
             idle: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
+            h2: ArcSwapOption::empty(),
             h2_dial: tokio::sync::Mutex::new(()),
             speaks_h2: AtomicBool::new(h2c),
             h2_used: AtomicU64::new(0),
@@ -80,9 +83,9 @@ where
 
     /// The shared HTTP/2 connection, if one is up.
     pub(super) fn current_h2(&self) -> Option<http2::SendRequest<B>> {
-        let current = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.h2.load();
         current
-            .as_ref()
+            .as_deref()
             .filter(|(send, _)| !send.is_closed())
             .map(|(send, _)| send.clone())
     }
@@ -143,11 +146,7 @@ where
     }
 
     fn set_h2(&self, send: http2::SendRequest<B>, state: Arc<ConnState>) {
-        let replaced = self
-            .h2
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace((send, state));
+        let replaced = self.h2.swap(Some(Arc::new((send, state))));
         // A second TLS dial that raced the first: the older connection
         // closes once its handles and streams are gone.
         drop(replaced);
@@ -182,12 +181,15 @@ impl<B> Endpoint<B> {
     }
 
     fn reap_h2(&self, now: u64, timeout_ms: u64, retired: bool) {
-        let mut current = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some((send, state)) = current.as_ref() else {
+        let current = self.h2.load_full();
+        let Some(shared) = current.as_deref() else {
             return;
         };
+        let (send, state) = shared;
+        // Cleared only if no dial replaced it meanwhile.
+        let clear = || drop(self.h2.compare_and_swap(&current, None));
         if send.is_closed() {
-            *current = None;
+            clear();
             return;
         }
         // The backend's in-flight count covers every stream until its
@@ -195,7 +197,7 @@ impl<B> Endpoint<B> {
         let unused = now.saturating_sub(self.h2_used.load(Ordering::Relaxed)) >= timeout_ms;
         if self.backend.active_requests() == 0 && (retired || unused) {
             state.signal_close();
-            *current = None;
+            clear();
         }
     }
 }
