@@ -194,14 +194,14 @@ async fn a_backend_removed_from_the_table_has_its_idle_connections_closed() {
 
 // ===== https backends negotiating HTTP/2 =====
 
-/// Python's `h2` with its default validation behind `ssl` offering ALPN
-/// `h2` only: it refuses a request whose `Host` and `:authority` disagree
-/// (RFC 9113 §8.3.1) by closing the connection; otherwise it answers 200
-/// with the authority and host it saw.
-const STRICT_H2_TLS_SERVER: &str = r#"
-import socket, ssl, sys, threading
-import h2.config, h2.connection, h2.events, h2.exceptions
-
+/// The strict HTTP/2 server (`support::python::STRICT_H2`) behind `ssl`
+/// offering ALPN `h2` only.
+fn strict_h2_tls_server() -> String {
+    format!(
+        "{}{}",
+        python::STRICT_H2,
+        r#"
+import ssl
 cert, key = sys.argv[1], sys.argv[2]
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(cert, key)
@@ -218,45 +218,18 @@ def serve(raw):
         print("ALPN did not choose h2", file=sys.stderr, flush=True)
         sock.close()
         return
-    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
-    conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
-    try:
-        while True:
-            data = sock.recv(65535)
-            if not data:
-                return
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.RequestReceived):
-                    headers = dict((k.decode(), v.decode()) for k, v in event.headers)
-                    body = ("authority=%s host=%s" % (headers.get(":authority"), headers.get("host"))).encode()
-                    conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
-                    conn.send_data(event.stream_id, body, end_stream=True)
-            sock.sendall(conn.data_to_send())
-    except h2.exceptions.ProtocolError as e:
-        print("refused:", e, file=sys.stderr, flush=True)
-        sock.sendall(conn.data_to_send())
-    finally:
-        sock.close()
+    serve_h2(sock)
 
-listener = socket.socket()
-listener.bind(("127.0.0.1", 0))
-listener.listen(16)
-print(listener.getsockname()[1], flush=True)
-while True:
-    s, _ = listener.accept()
-    threading.Thread(target=serve, args=(s,), daemon=True).start()
-"#;
+listen(serve)
+"#
+    )
+}
 
 #[tokio::test]
 async fn an_https_backend_negotiating_h2_gets_one_authority() {
-    let python = std::process::Command::new("python3")
-        .args(["-c", "import h2"])
-        .status();
-    assert!(
-        python.is_ok_and(|s| s.success()),
-        "python3 cannot import `h2`: install the pip package `h2` (.ci/setup does this)"
-    );
+    if !tools::require_python("h2", "h2") {
+        return;
+    }
     let pki = pki::Pki::new();
     let leaf = pki.leaf("strict-h2");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -268,24 +241,9 @@ async fn an_https_backend_negotiating_h2_gets_one_authority() {
     std::fs::write(&cert, &leaf.cert_pem).expect("cert");
     std::fs::write(&key, &leaf.key_pem).expect("key");
     std::fs::write(&ca, pki.ca_pem()).expect("ca");
-    let script = dir.path().join("server.py");
-    std::fs::write(&script, STRICT_H2_TLS_SERVER).expect("script");
-    let mut server = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(&cert)
-        .arg(&key)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 must be installed");
-    let stdout = server.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let port = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the server prints its port")
-        .expect("stdout")
-        .expect("a port line");
-    let authority = format!("localhost:{}", port.trim());
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let (_server, addr) = python::Py::server(&strict_h2_tls_server(), &[&cert_arg, &key_arg]).await;
+    let authority = format!("localhost:{}", addr.port());
     let toml = base_toml()
         + &format!(
             "[services.secure]\nbackends = [\"{authority}\"]\nprotocol = \"https\"\n\

@@ -457,50 +457,17 @@ async fn websocket_passes_through_and_counts_as_in_flight() {
 
 // ===== a strict HTTP/2 backend =====
 
-/// Python's `h2` (hyper-h2) with its default validation: it refuses a request
-/// whose `Host` and `:authority` disagree (RFC 9113 §8.3.1) by closing the
-/// connection; otherwise it answers 200 with the authority it saw.
-const STRICT_H2_SERVER: &str = r#"
-import socket, sys, threading
-import h2.config, h2.connection, h2.events, h2.exceptions
-
-def serve(sock):
-    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
-    conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
-    try:
-        while True:
-            data = sock.recv(65535)
-            if not data:
-                return
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.RequestReceived):
-                    headers = dict((k.decode(), v.decode()) for k, v in event.headers)
-                    body = ("authority=%s host=%s" % (headers.get(":authority"), headers.get("host"))).encode()
-                    conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
-                    conn.send_data(event.stream_id, body, end_stream=True)
-            sock.sendall(conn.data_to_send())
-    except h2.exceptions.ProtocolError as e:
-        print("refused:", e, file=sys.stderr, flush=True)
-        sock.sendall(conn.data_to_send())
-    finally:
-        sock.close()
-
-listener = socket.socket()
-listener.bind(("127.0.0.1", 0))
-listener.listen(16)
-print(listener.getsockname()[1], flush=True)
-while True:
-    s, _ = listener.accept()
-    threading.Thread(target=serve, args=(s,), daemon=True).start()
-"#;
+/// The strict HTTP/2 server (`support::python::STRICT_H2`) over h2c.
+fn strict_h2_server() -> String {
+    format!("{}\nlisten(serve_h2)\n", python::STRICT_H2)
+}
 
 #[tokio::test]
 async fn a_strict_http2_backend_accepts_proxied_requests() {
     if !tools::require_python("h2", "h2") {
         return;
     }
-    let (_py, addr) = Py::server(STRICT_H2_SERVER, &["strict"]).await;
+    let (_py, addr) = Py::server(&strict_h2_server(), &["strict"]).await;
     let toml =
         base_toml() + &format!("[services.strict]\nbackends = [\"{addr}\"]\nprotocol = \"h2c\"\n");
     let app = start_app(&toml).await;

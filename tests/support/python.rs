@@ -81,3 +81,45 @@ impl Py {
         stdin.flush().await.expect("flush stdin");
     }
 }
+
+/// Python's `h2` (hyper-h2) with its default validation, as a server: it
+/// refuses a request whose `Host` and `:authority` disagree (RFC 9113
+/// §8.3.1) by closing the connection; otherwise it answers 200 with the
+/// authority and host it saw. `serve_h2(sock)` serves one connection;
+/// `listen(serve)` prints the port it listens on (127.0.0.1) and runs `serve`
+/// per connection. Scripts append their own `listen(...)` call.
+pub const STRICT_H2: &str = r#"
+import socket, sys, threading
+import h2.config, h2.connection, h2.events, h2.exceptions
+
+def serve_h2(sock):
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    try:
+        while True:
+            data = sock.recv(65535)
+            if not data:
+                return
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    headers = dict((k.decode(), v.decode()) for k, v in event.headers)
+                    body = ("authority=%s host=%s" % (headers.get(":authority"), headers.get("host"))).encode()
+                    conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+                    conn.send_data(event.stream_id, body, end_stream=True)
+            sock.sendall(conn.data_to_send())
+    except h2.exceptions.ProtocolError as e:
+        print("refused:", e, file=sys.stderr, flush=True)
+        sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+
+def listen(serve):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    print(listener.getsockname()[1], flush=True)
+    while True:
+        s, _ = listener.accept()
+        threading.Thread(target=serve, args=(s,), daemon=True).start()
+"#;
