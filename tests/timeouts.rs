@@ -1005,6 +1005,61 @@ async fn idle_http1_keep_alive_is_closed_at_idle_timeout() {
     expect_closes(&app, 1.0, 0.0).await;
 }
 
+/// On the default config (`idle_timeout` 60 s), keep-alive connections that
+/// rest park after 100 ms: one that rests 50 s is still served on the same
+/// connection, and one left idle is closed about 60 s after its answer, not
+/// before (a parked connection keeps the connection's clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_keep_the_default_idle_timeout() {
+    const DEFAULT_IDLE_CUT: (Duration, Duration) =
+        (Duration::from_secs(59), Duration::from_secs(64));
+    let backend = FakeBackend::start("svc").await;
+    let app = app_for(&backend).await;
+    let head = |path: &str| format!("GET /svc/{path} HTTP/1.1\r\nHost: {}\r\n\r\n", app.proxy);
+    let mut resting = RawConn::connect(app.proxy).await;
+    let mut idle = RawConn::connect(app.proxy).await;
+    for (conn, path) in [(&mut resting, "rest-1"), (&mut idle, "idle")] {
+        conn.send(head(path).as_bytes())
+            .await
+            .expect("write the request");
+        assert_eq!(conn.response().await.status, 200);
+    }
+    let answered = Instant::now();
+    let listener = app.proxy.to_string();
+    eventually(WAIT, "both connections parked", || async {
+        let text = metrics_text(app.admin).await;
+        metric(
+            &text,
+            "switchyard_connections_parked",
+            &[("listener", listener.as_str())],
+        ) == Some(2.0)
+    })
+    .await;
+    // The resting client waits 50 s (what is tested: a long rest) and asks again.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    resting
+        .send(head("rest-2").as_bytes())
+        .await
+        .expect("a parked connection takes a request after 50 s");
+    let resp = resting.response().await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(
+        idle.closes_within(Duration::from_secs(20)).await,
+        "the idle connection is still open 70 s after its answer"
+    );
+    assert_within(
+        "the idle parked connection closed",
+        answered.elapsed(),
+        DEFAULT_IDLE_CUT,
+    );
+    assert!(
+        !resting.closed,
+        "the connection that asked again was closed"
+    );
+    assert_eq!(backend.hits(), 3);
+    expect_closes(&app, 1.0, 0.0).await;
+}
+
 /// With `idle_timeout = "2s"`, an h2c connection left idle after one stream
 /// completed is closed by the proxy about 2 s later (the client's connection
 /// ends).
