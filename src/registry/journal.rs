@@ -227,7 +227,10 @@ impl Writer {
     fn rotate(&mut self) -> io::Result<()> {
         let path = log_path(&self.snapshot, self.generation);
         std::fs::create_dir_all(folder(&self.snapshot))?;
-        let file = OpenOptions::new().create_new(true).write(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)?;
         preallocate(&file)?;
         sync_folder(&self.snapshot)?;
         self.files.push((self.generation, self.max_seq));
