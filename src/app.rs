@@ -33,6 +33,7 @@ use crate::source::BackendSource;
 use crate::table::Publisher;
 use crate::tls::live::{CertReloader, ListenerCerts};
 use crate::tls::{self, TlsError};
+use crate::workers::{self, MakeRuntime, Workers};
 
 /// Admin connections allowed at once (the admin API is for operators and scrapers).
 const ADMIN_MAX_CONNECTIONS: usize = 256;
@@ -54,6 +55,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("cannot start the control-plane thread: {0}")]
     Control(#[source] io::Error),
+    #[error("cannot start the proxy's worker threads: {0}")]
+    Workers(#[source] io::Error),
     /// Cluster mode: the shared store did not answer within `dial_timeout`
     /// (the message names its endpoints).
     #[error("cannot load the registry: {0}")]
@@ -87,6 +90,8 @@ pub struct App {
     /// Cluster mode: the etcd revision the registry was loaded at.
     follow_from: Option<i64>,
     access_log: Arc<AccessLogSwitch>,
+    /// The proxy's workers beyond the thread `run` is called on.
+    workers: Workers,
 }
 
 impl App {
@@ -160,7 +165,18 @@ impl App {
             control,
             follow_from,
             access_log,
+            workers: Workers::default(),
         })
+    }
+
+    /// Start the proxy's workers beyond the calling thread (`[proxy]
+    /// workers`, 0: one per core), each on a runtime from `make`; their
+    /// accept loops start with `run`. Without this call the thread `run` is
+    /// called on is the only worker.
+    pub fn start_workers(&mut self, make: MakeRuntime) -> Result<(), StartError> {
+        let extra = workers::count(self.config.proxy.workers).saturating_sub(1);
+        self.workers = Workers::start(extra, make).map_err(StartError::Workers)?;
+        Ok(())
     }
 
     /// The plain proxy listeners' real addresses, in config order.
@@ -358,6 +374,7 @@ impl App {
             shutdown: stopped.clone(),
             tls,
         };
+        l.spawn_on_workers(&self.workers);
         tokio::spawn(l.run());
     }
 
@@ -453,8 +470,5 @@ impl registry::RoutingHook for RoutingToTable {
 /// A second handle on a bound socket, so `App` keeps reporting its address
 /// while the accept loop owns the other.
 fn clone_listener(socket: &TcpListener) -> io::Result<TcpListener> {
-    let std_socket = socket2::SockRef::from(socket).try_clone()?;
-    let std_listener: std::net::TcpListener = std_socket.into();
-    std_listener.set_nonblocking(true)?;
-    TcpListener::from_std(std_listener)
+    TcpListener::from_std(listener::duplicate(socket)?)
 }

@@ -68,3 +68,4 @@ pub mod shutdown;
 pub mod source;
 pub mod table;
 pub mod tls;
+pub mod workers;

@@ -173,26 +173,30 @@ fn serve(path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("config warning: {warning}");
     }
-    let runtime = match build_runtime(config.proxy.workers) {
+    // The main thread is the proxy's first worker (`switchyard::workers`).
+    let runtime = match worker_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.spawn(return_freed_memory_when_idle());
     runtime.block_on(run(config))
 }
 
 async fn run(config: Config) -> ExitCode {
     let shutdown = switchyard::shutdown::terminate();
-    let app = match App::bind(config).await {
+    let mut app = match App::bind(config).await {
         Ok(app) => app,
         Err(e) => {
             eprintln!("switchyard: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = app.start_workers(worker_runtime) {
+        eprintln!("switchyard: {e}");
+        return ExitCode::FAILURE;
+    }
     app.reload_on_hangup();
     app.reopen_log_on_user1();
     match app.run(shutdown).await {
@@ -241,22 +245,37 @@ fn register(args: RegisterArgs, log_format: Option<CliLogFormat>) -> ExitCode {
     }
 }
 
-/// One worker runs everything on the current thread (cheapest per request);
-/// more use the multi-threaded scheduler; 0 means one per core.
-fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if workers > 1 {
-            builder.worker_threads(workers);
-        }
-        builder
+fn to_format(f: CliLogFormat) -> LogFormat {
+    match f {
+        CliLogFormat::Text => LogFormat::Text,
+        CliLogFormat::Json => LogFormat::Json,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
-    builder
+}
+
+/// A proxy worker's runtime (`switchyard::workers`): single-threaded, and
+/// it hands freed memory back to the OS when the worker goes idle.
+fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .on_thread_park(return_freed_memory)
         .enable_all()
-        .build()
+        .build()?;
+    runtime.spawn(return_freed_memory_when_idle());
+    Ok(runtime)
 }
 
 /// How often a worker may hand freed memory back to the OS.
@@ -296,26 +315,4 @@ async fn return_freed_memory_when_idle() {
     loop {
         tick.tick().await;
     }
-}
-
-fn to_format(f: CliLogFormat) -> LogFormat {
-    match f {
-        CliLogFormat::Text => LogFormat::Text,
-        CliLogFormat::Json => LogFormat::Json,
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-    };
 }

@@ -44,7 +44,9 @@ async fn idle_connections_are_capped_per_backend_and_reused() {
         ..ConnScript::default()
     })
     .await;
-    let proxy_keys = "upstream_idle_per_backend = 4\nupstream_idle_timeout = \"60s\"";
+    // Idle lists are per worker: one worker, so that every request sees the
+    // same list (the cap itself counts over all workers).
+    let proxy_keys = "workers = 1\nupstream_idle_per_backend = 4\nupstream_idle_timeout = \"60s\"";
     let toml = base_toml_with(proxy_keys) + &service("svc", &[&backend], NO_RETRY);
     let app = start_app(&toml).await;
     // Twelve requests at once: the backend holds them until all twelve are
@@ -128,7 +130,9 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used_again() {
 #[tokio::test]
 async fn idle_connections_close_after_the_default_idle_timeout() {
     let backend = ConnBackend::start(ConnScript::default()).await;
-    let app = start_app(&(base_toml() + &service("svc", &[&backend], ""))).await;
+    // One worker: idle lists are per worker, and the second request must
+    // find the first one's connection.
+    let app = start_app(&(base_toml_with("workers = 1") + &service("svc", &[&backend], ""))).await;
     let first = Http::new().get(app.proxy, "/svc/a").await;
     assert_eq!(first.text(), "conn-1");
     let answered = Instant::now();
@@ -159,7 +163,8 @@ async fn idle_connections_close_after_the_default_idle_timeout() {
 async fn a_backend_removed_from_the_table_has_its_idle_connections_closed() {
     let kept = ConnBackend::start(ConnScript::default()).await;
     let removed = ConnBackend::start(ConnScript::default()).await;
-    let proxy_keys = "upstream_idle_timeout = \"60s\"";
+    // One worker: idle lists are per worker (see above).
+    let proxy_keys = "workers = 1\nupstream_idle_timeout = \"60s\"";
     let both = base_toml_with(proxy_keys) + &service("svc", &[&kept, &removed], "");
     let app = start_app(&both).await;
     for i in 0..4 {

@@ -44,6 +44,7 @@ pub use fd_budget::{apply as budget_connections, ConnectionBudget};
 use crate::config::ProxyConfig;
 use crate::log_throttle::Throttle;
 use crate::metrics::ListenerMetrics;
+use crate::workers::Workers;
 
 /// Accept failures repeat every 50 ms while they last: one line per interval.
 static ACCEPT_FAILED: Throttle = Throttle::new();
@@ -173,6 +174,48 @@ where
         }
     }
 
+    /// Run this accept loop on every extra worker as well, each copy on a
+    /// handle of its own on the same socket (registered with that worker's
+    /// runtime), so whichever worker is free first accepts.
+    pub fn spawn_on_workers(&self, workers: &Workers)
+    where
+        M: Clone + Sync,
+    {
+        workers.spawn_each(|| {
+            let socket = duplicate(&self.socket);
+            let twin = (
+                Arc::clone(&self.builders),
+                self.make_service.clone(),
+                Arc::clone(&self.permits),
+                Arc::clone(&self.metrics),
+                self.timeouts,
+                self.shutdown.clone(),
+                self.tls.clone(),
+            );
+            async move {
+                let (builders, make_service, permits, metrics, timeouts, shutdown, tls) = twin;
+                let socket = match socket.and_then(TcpListener::from_std) {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a worker cannot accept on a listener; the others still do");
+                        return;
+                    }
+                };
+                let listener = Listener {
+                    socket,
+                    builders,
+                    make_service,
+                    permits,
+                    metrics,
+                    timeouts,
+                    shutdown,
+                    tls,
+                };
+                listener.run().await;
+            }
+        });
+    }
+
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         let conn = Connection {
@@ -198,6 +241,14 @@ pub async fn drained(permits: &Semaphore, total: usize, timeout: Duration) -> bo
     tokio::time::timeout(timeout, permits.acquire_many(all))
         .await
         .is_ok_and(|r| r.is_ok())
+}
+
+/// A second handle (a dup'd descriptor) on a bound socket, ready to be
+/// registered with any runtime.
+pub fn duplicate(socket: &TcpListener) -> io::Result<std::net::TcpListener> {
+    let std_listener: std::net::TcpListener = socket2::SockRef::from(socket).try_clone()?.into();
+    std_listener.set_nonblocking(true)?;
+    Ok(std_listener)
 }
 
 /// Bind a TCP listener with a deep backlog and SO_REUSEADDR.

@@ -40,9 +40,13 @@ pub async fn start_app_with_files(toml: &str, files: &[(&str, &str)]) -> TestApp
     }
     let loaded = Config::load(config.path())
         .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{toml}"));
-    let app = App::bind(loaded)
+    let mut app = App::bind(loaded)
         .await
         .unwrap_or_else(|e| panic!("App::bind failed: {e}"));
+    // As the binary does: `[proxy] workers` (default one per core) workers,
+    // the test's runtime being the first.
+    app.start_workers(worker_runtime)
+        .unwrap_or_else(|e| panic!("App::start_workers failed: {e}"));
     let proxies = app.proxy_addrs();
     let tls = app.tls_addrs();
     let admin = app.admin_addr();
@@ -95,4 +99,11 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.begin_shutdown();
     }
+}
+
+/// A worker's runtime, as the binary's but without its allocator hook.
+fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
