@@ -46,19 +46,24 @@ pub fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), &'stat
         (None, _) if version == Version::HTTP_11 => return Err("missing Host header"),
         _ => {}
     }
-    let mut te = headers.get_all(TRANSFER_ENCODING).iter();
-    if let Some(first) = te.next() {
-        if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err("Transfer-Encoding other than chunked");
-        }
-        if headers.contains_key(CONTENT_LENGTH) {
-            return Err("both Content-Length and Transfer-Encoding");
+    let found = Names::scan(headers);
+    if found.has(Names::TRANSFER_ENCODING) {
+        let mut te = headers.get_all(TRANSFER_ENCODING).iter();
+        if let Some(first) = te.next() {
+            if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+                return Err("Transfer-Encoding other than chunked");
+            }
+            if found.has(Names::CONTENT_LENGTH) {
+                return Err("both Content-Length and Transfer-Encoding");
+            }
         }
     }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next() {
-        if lengths.any(|v| v != first) {
-            return Err("differing Content-Length headers");
+    if found.has(Names::CONTENT_LENGTH) {
+        let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+        if let Some(first) = lengths.next() {
+            if lengths.any(|v| v != first) {
+                return Err("differing Content-Length headers");
+            }
         }
     }
     Ok(())
@@ -68,7 +73,8 @@ pub fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), &'stat
 /// and Transfer-Encoding (hyper's client decodes it as chunked; forwarding it
 /// would let the two ends disagree on where the body stops).
 pub fn check_response_framing(headers: &HeaderMap) -> Result<(), &'static str> {
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+    let found = Names::scan(headers);
+    if found.has(Names::TRANSFER_ENCODING) && found.has(Names::CONTENT_LENGTH) {
         return Err("both Content-Length and Transfer-Encoding");
     }
     Ok(())
@@ -96,15 +102,17 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Rewrite request headers for the backend.
 pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: bool) {
-    let te_trailers = headers
-        .get(TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let found = Names::scan(headers);
+    let te_trailers = found.has(Names::TE)
+        && headers
+            .get(TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let upgrade_value = if upgrade {
         headers.remove(UPGRADE)
     } else {
         None
     };
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, found);
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
@@ -112,9 +120,11 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: bo
         headers.insert(UPGRADE, value);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if !headers.contains_key(HOST) {
-        if let Some(value) = fwd.authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-            headers.insert(HOST, value);
+    if let Some(authority) = fwd.authority {
+        if !headers.contains_key(HOST) {
+            if let Ok(value) = HeaderValue::from_str(authority) {
+                headers.insert(HOST, value);
+            }
         }
     }
     set_forwarded(headers, fwd);
@@ -123,20 +133,76 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: bo
 /// Rewrite response headers for the client. `upgrade`: a 101 keeps its
 /// `Upgrade` and `Connection: upgrade`.
 pub fn prepare_response(headers: &mut HeaderMap, upgrade: bool) {
-    let upgrade_value = if upgrade {
+    let found = Names::scan(headers);
+    let upgrade_value = if upgrade && found.has(Names::UPGRADE) {
         headers.remove(UPGRADE)
     } else {
         None
     };
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, found);
     if let Some(value) = upgrade_value {
         headers.insert(UPGRADE, value);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
+/// Which of the names these rules look at a header map holds, found in one
+/// walk over its names. A request or a response carries a handful of
+/// fields, and comparing each name with a few constants costs less than
+/// hashing every name the rules ask about (a dozen lookups per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Names(u8);
+
+impl Names {
+    const CONNECTION: u8 = 1;
+    const KEEP_ALIVE: u8 = 1 << 1;
+    const PROXY_CONNECTION: u8 = 1 << 2;
+    const TE: u8 = 1 << 3;
+    const TRANSFER_ENCODING: u8 = 1 << 4;
+    const UPGRADE: u8 = 1 << 5;
+    const CONTENT_LENGTH: u8 = 1 << 6;
+    /// The hop-by-hop ones, removed whenever present.
+    const HOP_BY_HOP: [(u8, &'static HeaderName); 5] = [
+        (Names::KEEP_ALIVE, &KEEP_ALIVE),
+        (Names::PROXY_CONNECTION, &PROXY_CONNECTION),
+        (Names::TE, &TE),
+        (Names::TRANSFER_ENCODING, &TRANSFER_ENCODING),
+        (Names::UPGRADE, &UPGRADE),
+    ];
+
+    fn scan(headers: &HeaderMap) -> Names {
+        let found = headers.keys().fold(0, |found, name| {
+            found
+                | if name == CONNECTION {
+                    Names::CONNECTION
+                } else if name == CONTENT_LENGTH {
+                    Names::CONTENT_LENGTH
+                } else if name == TRANSFER_ENCODING {
+                    Names::TRANSFER_ENCODING
+                } else if name == TE {
+                    Names::TE
+                } else if name == UPGRADE {
+                    Names::UPGRADE
+                } else if name == KEEP_ALIVE {
+                    Names::KEEP_ALIVE
+                } else if name == PROXY_CONNECTION {
+                    Names::PROXY_CONNECTION
+                } else {
+                    0
+                }
+        });
+        Names(found)
+    }
+
+    fn has(self, name: u8) -> bool {
+        self.0 & name != 0
+    }
+}
+
+/// Remove the hop-by-hop headers `found` says are there, and every header
+/// `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap, found: Names) {
+    if found.has(Names::CONNECTION) {
         // Collect first: the names live in values of the map being changed.
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -150,12 +216,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
-        headers.remove(name);
+    for (bit, name) in Names::HOP_BY_HOP {
+        if found.has(bit) {
+            headers.remove(name);
+        }
     }
-    headers.remove(TE);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
 }
 
 fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
