@@ -118,8 +118,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        // `handle` itself is boxed: an async block around it would copy
+        // its (kilobytes large) future once more on the first poll.
+        Box::pin(self.clone().handle(req))
     }
 }
 
@@ -162,7 +163,7 @@ impl ProxyService {
     /// Every request: its id first (kept or generated, sent to the backend
     /// and returned to the client), then the answer; the access-log line is
     /// written when the response body ends, or at once for a local answer.
-    async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let request_id = request_id::ensure(req.headers_mut());
         let mut log = self
@@ -182,7 +183,7 @@ impl ProxyService {
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        resp
+        Ok(resp)
     }
 
     async fn answer(
