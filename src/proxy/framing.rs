@@ -217,7 +217,7 @@ impl RequestFraming {
                     continue;
                 }
                 State::SkipLine => {
-                    match bytes[i..].iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', &bytes[i..]) {
                         Some(n) => {
                             i += n + 1;
                             self.state = State::LineStart;
@@ -226,6 +226,20 @@ impl RequestFraming {
                     }
                     continue;
                 }
+                // The request target up to the next space or line end: its
+                // bytes only mean "not empty" (`pos = 1`).
+                State::Target => match memchr::memchr3(b' ', b'\r', b'\n', &bytes[i..]) {
+                    Some(0) => {}
+                    Some(n) => {
+                        self.pos = 1;
+                        i += n;
+                        continue;
+                    }
+                    None => {
+                        self.pos = 1;
+                        break;
+                    }
+                },
                 _ => {}
             }
             if self.step(bytes[i]) {

@@ -261,6 +261,7 @@ impl Writer {
 /// Reserve [`ROTATE_BYTES`] of zeros for the file's lines, durably, so that
 /// the fdatasync of each commit has no size change to flush. A filesystem
 /// that cannot preallocate just lets the file grow as it is written.
+#[cfg(target_os = "linux")]
 fn preallocate(file: &File) -> io::Result<()> {
     let flags = rustix::fs::FallocateFlags::empty();
     match rustix::fs::fallocate(file, flags, 0, ROTATE_BYTES) {
@@ -268,6 +269,11 @@ fn preallocate(file: &File) -> io::Result<()> {
         Err(e) if e == rustix::io::Errno::OPNOTSUPP => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preallocate(_file: &File) -> io::Result<()> {
+    Ok(())
 }
 
 fn log_path(snapshot: &Path, generation: u64) -> PathBuf {
@@ -464,6 +470,7 @@ mod tests {
         file.write_all_at(bytes, end as u64).unwrap();
     }
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn files_are_preallocated_and_their_zeros_are_not_lines() {
         let dir = tempfile::tempdir().unwrap();
