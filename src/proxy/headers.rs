@@ -169,27 +169,25 @@ impl Names {
         (Names::TRANSFER_ENCODING, &TRANSFER_ENCODING),
         (Names::UPGRADE, &UPGRADE),
     ];
+    /// Every name looked for: the hop-by-hop ones, `Connection` and
+    /// `Content-Length`.
+    const LOOKED_FOR: [(u8, &'static HeaderName); 7] = [
+        (Names::CONNECTION, &CONNECTION),
+        (Names::CONTENT_LENGTH, &CONTENT_LENGTH),
+        Names::HOP_BY_HOP[0],
+        Names::HOP_BY_HOP[1],
+        Names::HOP_BY_HOP[2],
+        Names::HOP_BY_HOP[3],
+        Names::HOP_BY_HOP[4],
+    ];
 
     fn scan(headers: &HeaderMap) -> Names {
         let found = headers.keys().fold(0, |found, name| {
-            found
-                | if name == CONNECTION {
-                    Names::CONNECTION
-                } else if name == CONTENT_LENGTH {
-                    Names::CONTENT_LENGTH
-                } else if name == TRANSFER_ENCODING {
-                    Names::TRANSFER_ENCODING
-                } else if name == TE {
-                    Names::TE
-                } else if name == UPGRADE {
-                    Names::UPGRADE
-                } else if name == KEEP_ALIVE {
-                    Names::KEEP_ALIVE
-                } else if name == PROXY_CONNECTION {
-                    Names::PROXY_CONNECTION
-                } else {
-                    0
-                }
+            let bit = Names::LOOKED_FOR
+                .iter()
+                .find(|(_, known)| name == *known)
+                .map_or(0, |&(bit, _)| bit);
+            found | bit
         });
         Names(found)
     }
